@@ -57,6 +57,18 @@ class Balancer(ABC):
         """Called once with the run's task names before training (and before `parameters`)."""
         self.task_names = list(task_names)
 
+    def task_index(self, names: Sequence[str]) -> list[int]:
+        """Positions of `names` among the run's tasks (set up from `names` on first use)."""
+        if not self.task_names:
+            self.setup(names)
+        unknown = [n for n in names if n not in self.task_names]
+        if unknown:
+            raise KeyError(
+                f"losses for tasks {unknown} that setup() was not given; "
+                f"the balancer knows {self.task_names}"
+            )
+        return [self.task_names.index(n) for n in names]
+
     def parameters(self) -> list[nn.Parameter]:
         """Learnable parameters of the method itself (e.g. uncertainty log-variances)."""
         return []
@@ -84,6 +96,15 @@ class Balancer(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         del state
+
+
+def make_generator(generator: torch.Generator | None) -> torch.Generator:
+    """The generator a random method draws from: the one given, else a new CPU generator
+    seeded from torch's global RNG (so seeding the run makes the method reproducible)."""
+    if generator is not None:
+        return generator
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+    return torch.Generator().manual_seed(seed)
 
 
 def stack_losses(losses: Mapping[str, Tensor]) -> tuple[list[str], Tensor]:
@@ -155,6 +176,7 @@ class GradientAggregator(Balancer):
     """A balancer over the Jacobian: rows are the per-task gradients of the shared params."""
 
     needs_all_tasks = True
+    supports_features = True
 
     @abstractmethod
     def aggregate(self, jacobian: Tensor) -> Tensor:

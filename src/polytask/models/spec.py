@@ -24,7 +24,12 @@ class BackboneSpec(BaseModel):
     )
     pooling: Literal["mean", "cls"] = Field("mean", description="hf: sentence pooling.")
     max_length: int = Field(128, gt=0, description="hf: tokens kept per example.")
-    freeze: bool = Field(False, description="hf: train only what sits above the encoder.")
+    trainable_layers: int | None = Field(
+        None,
+        ge=0,
+        description="hf: how many top encoder layers to fine-tune; all if omitted. 0 freezes "
+        "the encoder: its sentence embeddings are then computed once and cached on disk.",
+    )
     trust_remote_code: bool = Field(
         False, description="hf: allow the hub model to run its own code. Off unless you say so."
     )

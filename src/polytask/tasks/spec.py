@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+_IN_MEMORY_VALUES = ("DataFrame", "Dataset", "list", "ndarray", "Series")
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -56,6 +58,17 @@ class DataSpec(BaseModel):
         return value
 
 
+def coerce_data(value: Any) -> Any:
+    """A mapping of file settings becomes a `DataSpec` (so its keys are checked); a table
+    (DataFrame, Dataset, dict of split -> table or column -> list) stays in memory."""
+    if isinstance(value, dict) and not any(
+        type(v).__name__ in _IN_MEMORY_VALUES or type(v).__name__.endswith("DatasetDict")
+        for v in value.values()
+    ):
+        return DataSpec.model_validate(value)
+    return value
+
+
 class Task(BaseModel):
     """One task: a kind (classification, multilabel, regression, token_classification),
     the input and label columns, and optionally its own data."""
@@ -82,6 +95,8 @@ class Task(BaseModel):
     data: DataSpec | Any = Field(
         None, description="This task's own dataset; omitted: the run's shared `data`."
     )
+
+    _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
 
     @property
     def input_columns(self) -> list[str]:

@@ -1,0 +1,1 @@
+"""Training: the loop, checkpoints, schedules, logging and results."""

@@ -1,0 +1,304 @@
+"""The run config: YAML (or a dict) -> a validated `RunConfig`, with errors users can act on.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key fails before any
+work starts, naming the field, the bad value and the nearest valid choice. Method sections
+(`sampler`, `balancer`, `model.architecture`) take a name or `{name: ..., <hyperparameter>:
+...}`; the names are checked against the registries.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from polytask.balance import BALANCERS
+from polytask.errors import ConfigError
+from polytask.models.sharing import ARCHITECTURES
+from polytask.models.spec import BackboneSpec
+from polytask.registry import Registry
+from polytask.tasks.kinds import TASK_KINDS
+from polytask.tasks.sampling import SAMPLERS
+from polytask.tasks.spec import DataSpec, Task, coerce_data
+
+
+class MethodConfig(BaseModel):
+    """A registered method and its hyperparameters: `{name: temperature, temperature: 3}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _method(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ModelConfig(BaseModel):
+    """`model:` the backbone, the sharing architecture, and the auxiliary-loss weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: BackboneSpec | None = Field(
+        None, description="The shared encoder; a suite provides one when omitted."
+    )
+    architecture: MethodConfig = Field(
+        default_factory=lambda: MethodConfig(name="hard_sharing"),
+        description="Sharing architecture name, or {name: ..., hyperparameters}.",
+    )
+    head_hidden: int | None = Field(
+        None, gt=0, description="Give each task head a hidden Linear-ReLU layer of this width."
+    )
+    auxiliary_loss_weight: float = Field(
+        0.01, ge=0, description="Weight of the architecture's auxiliary loss (e.g. MoE balance)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _architecture_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "architecture" in data:
+            data = {**data, "architecture": _method(data["architecture"])}
+        return data
+
+
+class TrainConfig(BaseModel):
+    """`train:` optimisation, evaluation, checkpoints and reproducibility."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(300, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(32, gt=0, description="Rows per task per step.")
+    eval_batch_size: int = Field(128, gt=0, description="Rows per batch when evaluating.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, le=1, description="Fraction of steps warming up.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warmup."
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="Max gradient norm; null: no clip.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per step.")
+    eval_every: int = Field(100, gt=0, description="Evaluate on validation every N steps.")
+    patience: int | None = Field(
+        None, gt=0, description="Stop after N evaluations without improvement; null: never."
+    )
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="Checkpoint every N steps; default: every evaluation."
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    seed: int = Field(0, description="Seeds data order, initialisation, sampling and dropout.")
+    log_every: int = Field(10, gt=0, description="Write training losses every N steps.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train carved as validation when there is none."
+    )
+    test_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train carved as test when there is none."
+    )
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's.")
+    progress: bool = Field(True, description="Show a progress bar.")
+    nan_policy: Literal["stop", "skip"] = Field(
+        "stop", description="On a NaN/inf loss: stop (keeping the last checkpoint) or skip "
+        "the batch."
+    )
+
+
+class SuiteConfig(BaseModel):
+    """`suite:` a built-in offline suite, e.g. `{name: text, train_size: 400}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(BaseModel):
+    """A whole run: tasks and their data, model, sampler, balancer, training settings."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str | None = Field(None, description="Run name (used for the default run dir).")
+    suite: SuiteConfig | None = Field(
+        None, description="A built-in suite providing tasks, data and backbone."
+    )
+    data: DataSpec | Any = Field(
+        None, description="The shared dataset read by tasks without their own `data`."
+    )
+    tasks: list[Task] = Field(default_factory=list, description="The tasks to learn jointly.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampler: MethodConfig = Field(
+        default_factory=lambda: MethodConfig(name="all"),
+        description="Task sampler name or {name: ..., hyperparameters}.",
+    )
+    balancer: MethodConfig = Field(
+        default_factory=lambda: MethodConfig(name="ew"),
+        description="Balancer name or {name: ..., hyperparameters}.",
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    baselines: Literal["auto", "cached", "none"] = Field(
+        "cached",
+        description="Single-task baselines for Δm%: auto = train missing ones first; "
+        "cached = use those `polytask baseline` recorded; none = skip.",
+    )
+    baselines_dir: str = Field("runs/baselines", description="Where baselines are cached.")
+
+    _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("sampler", "balancer", "suite"):
+                if key in data:
+                    data[key] = _method(data[key])
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not self.tasks and self.suite is None:
+            raise ValueError("declare `tasks` (a list) or a built-in `suite`")
+        names = [t.name for t in self.tasks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"task names must be unique; repeated: {duplicates}")
+        for i, task in enumerate(self.tasks):
+            _known(TASK_KINDS, task.kind, f"tasks.{i}.kind")
+            if task.data is None and self.data is None:
+                raise ValueError(
+                    f"tasks.{i} ({task.name}) has no `data` and the run has no shared `data`; "
+                    "give the task a `data:` section or add a top-level one."
+                )
+        _known(SAMPLERS, self.sampler.name, "sampler.name")
+        _known(BALANCERS, self.balancer.name, "balancer.name")
+        _known(ARCHITECTURES, self.model.architecture.name, "model.architecture.name")
+        balancer = BALANCERS.get(self.balancer.name)
+        sampler = SAMPLERS.get(self.sampler.name)
+        if balancer.needs_all_tasks and not sampler.feeds_all_tasks:
+            all_samplers = [n for n in SAMPLERS.names() if SAMPLERS.get(n).feeds_all_tasks]
+            raise ValueError(
+                f"balancer {self.balancer.name!r} needs every task at every step, but sampler "
+                f"{self.sampler.name!r} feeds one task per step; use sampler "
+                f"{' or '.join(map(repr, all_samplers))}, or a loss weighting such as 'ew'."
+            )
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        """The config as plain data (in-memory datasets are written as a placeholder)."""
+        out = self.model_dump(mode="json", exclude_none=True, fallback=lambda v: "<in-memory>")
+        return out
+
+
+def _known(registry: Registry[Any], name: str, field: str) -> None:
+    if name not in registry:
+        raise ValueError(f"{field}: {registry.unknown_message(name)}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `--set a.b=c` overrides (values parsed as YAML; list items by index)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node: Any = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+                continue
+            child = node.get(part)
+            if isinstance(child, str) and part in {"sampler", "balancer", "architecture", "suite"}:
+                child = {"name": child}
+            node[part] = child if isinstance(child, dict | list) else {}
+            node = node[part]
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _field_names(model: type[BaseModel], location: Sequence[Any]) -> list[str]:
+    """Field names valid at `location` (to suggest the nearest to an unknown key)."""
+    current: Any = model
+    for part in location:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if current is None:
+            for c in candidates:
+                for arg in getattr(c, "__args__", ()):
+                    if isinstance(arg, type) and issubclass(arg, BaseModel):
+                        current = arg
+    return list(getattr(current, "model_fields", {}))
+
+
+def format_errors(error: ValidationError, model: type[BaseModel] = RunConfig) -> str:
+    """One line per problem: `field: message (got VALUE). Did you mean ...?`"""
+    lines = []
+    for item in error.errors():
+        location = [p for p in item["loc"] if not (isinstance(p, str) and p[:1].isupper())]
+        message = item["msg"].removeprefix("Value error, ")
+        if not location:
+            lines.append(message)
+            continue
+        field = ".".join(str(p) for p in location)
+        if item["type"] == "extra_forbidden":
+            valid = _field_names(model, location[:-1])
+            close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            message = f"unknown key.{hint} Valid keys here: {', '.join(valid)}"
+            lines.append(f"{field}: {message}")
+            continue
+        value = item.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        lines.append(f"{field}: {message}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> RunConfig:
+    """Read and validate a run config from a YAML path or a dict; `overrides` as `--set`."""
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_errors(error)) from None

@@ -1,0 +1,170 @@
+"""From a validated config to prepared data and a model, before any training starts.
+
+Everything that can fail because of the user's input (files, columns, labels, backbone)
+fails here, with a message naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from polytask.config import RunConfig
+from polytask.errors import ConfigError, DataError
+from polytask.models.backbones import HFEncoder, build_tabular, build_text
+from polytask.models.inputs import TabularInputs, TextInputs, content_hash
+from polytask.models.model import MultiTaskModel
+from polytask.models.sharing import ARCHITECTURES
+from polytask.models.spec import BackboneSpec
+from polytask.tasks.data import (
+    SHARED,
+    PreparedData,
+    Source,
+    SplitData,
+    align_token_labels,
+    check_columns,
+    load_source,
+)
+from polytask.tasks.kinds import TASK_KINDS, TaskKind
+from polytask.tasks.spec import Task
+
+
+@dataclass
+class Resolved:
+    """The run's tasks, shared data and backbone after expanding a suite."""
+
+    tasks: list[Task]
+    shared_data: Any
+    backbone: BackboneSpec
+
+
+def resolve(config: RunConfig) -> Resolved:
+    """Expand `suite:` into tasks/data/backbone; explicit config sections win."""
+    tasks, shared, backbone = list(config.tasks), config.data, config.model.backbone
+    if config.suite is not None:
+        from polytask.suites import load_suite
+
+        suite = load_suite(config.suite.name, **config.suite.options)
+        tasks = tasks or list(suite.tasks)
+        shared = shared if shared is not None else suite.data
+        backbone = backbone or suite.backbone
+    if backbone is None:
+        raise ConfigError("model.backbone: required (e.g. {type: hf, name: minilm-l6} or "
+                          "{type: mlp}) unless a `suite` provides one")
+    return Resolved(tasks, shared, backbone)
+
+
+def _load_sources(config: RunConfig, resolved: Resolved) -> tuple[dict[str, Source], dict[str, str]]:
+    train = config.train
+    sources: dict[str, Source] = {}
+    task_source: dict[str, str] = {}
+    for task in resolved.tasks:
+        if task.data is None:
+            if resolved.shared_data is None:
+                raise DataError(f"tasks.{task.name}: no `data` and no shared `data`")
+            if SHARED not in sources:
+                sources[SHARED] = load_source(SHARED, resolved.shared_data, train.seed,
+                                              train.validation_fraction, train.test_fraction,
+                                              "data")
+            task_source[task.name] = SHARED
+        else:
+            sources[task.name] = load_source(task.name, task.data, train.seed,
+                                             train.validation_fraction, train.test_fraction,
+                                             f"tasks.{task.name}.data")
+            task_source[task.name] = task.name
+        check_columns(task, sources[task_source[task.name]])
+    return sources, task_source
+
+
+def _source_inputs(tasks: list[Task], task_source: dict[str, str]) -> dict[str, list[str]]:
+    columns: dict[str, list[str]] = {}
+    for task in tasks:
+        source = task_source[task.name]
+        if source in columns and columns[source] != task.input_columns:
+            raise ConfigError(
+                f"tasks.{task.name}.input: {task.input_columns} differs from another task on "
+                f"the same dataset ({columns[source]}); tasks sharing a dataset share inputs"
+            )
+        columns[source] = task.input_columns
+    return columns
+
+
+def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
+                  inputs_of: dict[str, list[str]]) -> tuple[nn.Module, TextInputs | TabularInputs]:
+    """The backbone and the input encoder that feeds it (fitted on training rows)."""
+    if spec.type == "hf":
+        return build_text(spec)
+    tabular = TabularInputs()
+    column_sets = {tuple(c) for c in inputs_of.values()}
+    if len(column_sets) > 1:
+        raise ConfigError(f"a tabular backbone needs the same input columns for every task; "
+                          f"got {sorted(column_sets)}")
+    import pandas as pd
+
+    columns = list(next(iter(column_sets)))
+    train = pd.concat([s.frames["train"][columns] for s in sources.values()], ignore_index=True)
+    tabular.fit(train, columns)
+    return build_tabular(spec, tabular), tabular
+
+
+def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
+    return {t.name: TASK_KINDS.get(t.kind)(t) for t in tasks}
+
+
+def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs | TabularInputs,
+                                        BackboneSpec]:
+    """Load, check and encode all data, then build the model (seeded by the run's seed)."""
+    torch.manual_seed(config.train.seed)
+    resolved = resolve(config)
+    sources, task_source = _load_sources(config, resolved)
+    inputs_of = _source_inputs(resolved.tasks, task_source)
+    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of)
+    kinds = build_kinds(resolved.tasks)
+    splits: dict[str, dict[str, SplitData]] = {}
+    for name, source in sources.items():
+        readers = [t for t in resolved.tasks if task_source[t.name] == name]
+        words = any(kinds[t.name].level == "token" for t in readers)
+        for task in readers:
+            kinds[task.name].fit(source.frames["train"])
+        splits[name] = {}
+        for split, frame in source.frames.items():
+            inputs = encoder.encode(frame, inputs_of[name], words=words)
+            if isinstance(backbone, HFEncoder) and backbone.frozen and not words:
+                key = content_hash(encoder.name, inputs_of[name], frame[inputs_of[name]].values)
+                inputs = backbone.embed_all(inputs, key)
+            labels = {}
+            for task in readers:
+                encoded = kinds[task.name].encode(frame, split)
+                if kinds[task.name].level == "token":
+                    encoded = align_token_labels(encoded, inputs["word_index"])
+                labels[task.name] = encoded
+            splits[name][split] = SplitData(inputs, labels)
+    record = {"sources": {n: {"rows": {s: len(f) for s, f in src.frames.items()},
+                              "carved": src.carved, "carved_with_seed": config.train.seed}
+                          for n, src in sources.items()}}
+    data = PreparedData(resolved.tasks, kinds, task_source, splits, record)
+    model = build_model(config, resolved.tasks, kinds, backbone)
+    return data, model, encoder, resolved.backbone
+
+
+def build_model(config: RunConfig, tasks: list[Task], kinds: dict[str, TaskKind],
+                backbone: nn.Module) -> MultiTaskModel:
+    names = [t.name for t in tasks]
+    architecture_cls = ARCHITECTURES.get(config.model.architecture.name)
+    try:
+        architecture = architecture_cls(int(backbone.output_dim), names,
+                                        **config.model.architecture.options)
+    except TypeError as error:
+        raise ConfigError(f"model.architecture: {error}") from None
+    heads: dict[str, nn.Module] = {}
+    for name in names:
+        head: nn.Module = kinds[name].build_head(config.model.head_hidden or architecture.output_dim)
+        if config.model.head_hidden:
+            head = nn.Sequential(nn.Linear(architecture.output_dim, config.model.head_hidden),
+                                 nn.ReLU(), head)
+        heads[name] = head
+    levels = {n: kinds[n].level for n in names}
+    return MultiTaskModel(backbone, heads, architecture, levels)

@@ -1,0 +1,377 @@
+"""Task kinds: each owns its head, loss, label encoding, predictions and metrics.
+
+A kind is registered in `TASK_KINDS` and instantiated per task
+(`TASK_KINDS.get(task.kind)(task)`). Missing labels are encoded as a mask value
+(-100 for class ids, NaN for floats) and excluded from the loss and the metrics, so one
+dataset can carry a label column per task with gaps.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polytask.errors import DataError
+from polytask.evaluate import metrics as M
+from polytask.registry import Registry
+from polytask.tasks.spec import Task
+
+TASK_KINDS: Registry[type[TaskKind]] = Registry("task kind")
+IGNORE = -100  # class id of a missing label (PyTorch's cross-entropy default)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+class TaskKind(ABC):
+    """Everything that depends on what a task predicts."""
+
+    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    default_metric: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.metric = task.metric or self.default_metric
+        if self.metric not in self.metric_names:
+            raise DataError(
+                f"tasks.{task.name}.metric: {self.metric!r} is not a metric of kind "
+                f"{task.kind!r}; use one of {', '.join(self.metric_names)}."
+            )
+        self.higher_is_better = M.higher_is_better(self.metric)
+
+    # -- labels -----------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, train: pd.DataFrame) -> None:
+        """Learn what the labels are (names, output size) from the training rows."""
+
+    @abstractmethod
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        """Label tensor for every row of `frame` (missing labels masked)."""
+
+    @property
+    @abstractmethod
+    def num_outputs(self) -> int:
+        """Width of the head's output."""
+
+    def state(self) -> dict[str, Any]:
+        """What must be saved with a model to decode its predictions."""
+        return {"labels": self.label_names}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.label_names = state["labels"]
+
+    label_names: list[str] | None = None
+
+    # -- model ------------------------------------------------------------------------
+    def build_head(self, input_dim: int) -> nn.Module:
+        return nn.Linear(input_dim, self.num_outputs)
+
+    @abstractmethod
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        """Mean loss over the labelled rows; 0 (with a graph) if none is labelled."""
+
+    @abstractmethod
+    def predict(self, outputs: Tensor) -> Tensor:
+        """Predictions (class ids, 0/1 matrix, values) from head outputs."""
+
+    @abstractmethod
+    def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+        """Every metric of this kind, over the labelled rows."""
+
+    @abstractmethod
+    def decode(self, predictions: Tensor) -> list[Any]:
+        """Human-readable predictions, one per row."""
+
+    def _column(self, frame: pd.DataFrame) -> pd.Series:
+        return frame[self.task.label_columns[0]]
+
+    def _names_from(self, values: Sequence[Any]) -> list[str]:
+        found = sorted({self._label_name(v) for v in values if not _is_missing(v)})
+        if not found:
+            raise DataError(
+                f"tasks.{self.task.name}: no labelled row in the training split; "
+                f"check the label column {self.task.label!r}."
+            )
+        return found
+
+    def _label_name(self, value: Any) -> str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        text = str(value)
+        return self.task.label_map.get(text, text)
+
+    def _unknown_label(self, value: Any, split: str) -> DataError:
+        return DataError(
+            f"tasks.{self.task.name}: label {value!r} in the {split} split is not in the label "
+            f"list {self.label_names}. Add it to `labels`, or map it with `label_map`."
+        )
+
+
+def _masked_zero(outputs: Tensor) -> Tensor:
+    return outputs.sum() * 0.0
+
+
+@TASK_KINDS.register("classification", paper="Single-label classification (cross-entropy)")
+class Classification(TaskKind):
+    """One label per row out of C classes; softmax cross-entropy."""
+
+    default_metric = "accuracy"
+    metric_names = ("accuracy", "macro_f1", "mcc")
+
+    def fit(self, train: pd.DataFrame) -> None:
+        if self.task.labels is not None:
+            self.label_names = list(self.task.labels)
+        else:
+            self.label_names = self._names_from(self._column(train).tolist())
+        if len(self.label_names) < 2:
+            raise DataError(
+                f"tasks.{self.task.name}: classification needs at least 2 labels, found "
+                f"{self.label_names}. Check the label column or list `labels`."
+            )
+
+    @property
+    def num_outputs(self) -> int:
+        assert self.label_names is not None
+        return len(self.label_names)
+
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        assert self.label_names is not None
+        index = {name: i for i, name in enumerate(self.label_names)}
+        ids = []
+        for value in self._column(frame).tolist():
+            if _is_missing(value):
+                ids.append(IGNORE)
+                continue
+            name = self._label_name(value)
+            if name not in index:
+                raise self._unknown_label(value, split)
+            ids.append(index[name])
+        return torch.tensor(ids, dtype=torch.long)
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        if bool((labels == IGNORE).all()):
+            return _masked_zero(outputs)
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        return outputs.argmax(dim=-1)
+
+    def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+        keep = labels != IGNORE
+        return M.classification_metrics(
+            predictions[keep].numpy(), labels[keep].numpy(), self.num_outputs
+        )
+
+    def decode(self, predictions: Tensor) -> list[Any]:
+        assert self.label_names is not None
+        return [self.label_names[i] for i in predictions.tolist()]
+
+
+@TASK_KINDS.register("multilabel", paper="Multi-label classification (binary cross-entropy)")
+class MultiLabel(TaskKind):
+    """Any subset of C labels per row; independent sigmoids. Labels come as one column of
+    label lists (or '|'-separated strings), or as one 0/1 column per label."""
+
+    default_metric = "micro_f1"
+    metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
+
+    def _row_sets(self, frame: pd.DataFrame) -> list[set[str] | None]:
+        columns = self.task.label_columns
+        if len(columns) > 1:
+            rows: list[set[str] | None] = []
+            for values in frame[columns].itertuples(index=False):
+                if any(_is_missing(v) for v in values):
+                    rows.append(None)
+                else:
+                    rows.append({c for c, v in zip(columns, values, strict=True) if float(v)})
+            return rows
+        out: list[set[str] | None] = []
+        for value in frame[columns[0]].tolist():
+            if _is_missing(value):
+                out.append(None)
+            elif isinstance(value, str):
+                out.append({self._label_name(v) for v in value.split("|") if v})
+            else:
+                out.append({self._label_name(v) for v in value})
+        return out
+
+    def fit(self, train: pd.DataFrame) -> None:
+        if self.task.labels is not None:
+            self.label_names = list(self.task.labels)
+        elif len(self.task.label_columns) > 1:
+            self.label_names = self.task.label_columns
+        else:
+            names = set().union(*(s for s in self._row_sets(train) if s is not None))
+            self.label_names = sorted(names)
+
+    @property
+    def num_outputs(self) -> int:
+        assert self.label_names is not None
+        return len(self.label_names)
+
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        assert self.label_names is not None
+        index = {name: i for i, name in enumerate(self.label_names)}
+        out = torch.zeros(len(frame), self.num_outputs)
+        for row, labels in enumerate(self._row_sets(frame)):
+            if labels is None:
+                out[row] = float("nan")
+                continue
+            for name in labels:
+                if name not in index:
+                    raise self._unknown_label(name, split)
+                out[row, index[name]] = 1.0
+        return out
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        keep = ~labels.isnan().any(dim=-1)
+        if not bool(keep.any()):
+            return _masked_zero(outputs)
+        return F.binary_cross_entropy_with_logits(outputs[keep], labels[keep])
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        return (outputs > 0).long()
+
+    def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+        keep = ~labels.isnan().any(dim=-1)
+        return M.multilabel_metrics(predictions[keep].numpy(), labels[keep].long().numpy())
+
+    def decode(self, predictions: Tensor) -> list[Any]:
+        assert self.label_names is not None
+        return [
+            [n for n, on in zip(self.label_names, row, strict=True) if on]
+            for row in predictions.tolist()
+        ]
+
+
+@TASK_KINDS.register("regression", paper="Regression (mean squared error)")
+class Regression(TaskKind):
+    """One or more real-valued targets (one label column each); MSE on standardised
+    targets (mean and std fitted on train), predictions reported in the original units."""
+
+    default_metric = "mae"
+    metric_names = ("mae", "mse", "pearson", "spearman")
+
+    def fit(self, train: pd.DataFrame) -> None:
+        values = self._values(train, "train")
+        self.mean = np.nanmean(values, axis=0).tolist()
+        std = np.nanstd(values, axis=0)
+        self.std = np.where(std > 0, std, 1.0).tolist()
+        self.label_names = self.task.label_columns
+
+    def _values(self, frame: pd.DataFrame, split: str) -> np.ndarray:
+        try:
+            return frame[self.task.label_columns].astype("float64").to_numpy()
+        except (TypeError, ValueError) as error:
+            raise DataError(
+                f"tasks.{self.task.name}: regression label column(s) {self.task.label_columns} "
+                f"in the {split} split hold non-numeric values ({error}). Clean or map them."
+            ) from None
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.label_names, "mean": self.mean, "std": self.std}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.label_names, self.mean, self.std = state["labels"], state["mean"], state["std"]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.task.label_columns)
+
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        return torch.tensor(self._values(frame, split), dtype=torch.float32)
+
+    def _standardise(self, labels: Tensor) -> Tensor:
+        return (labels - torch.tensor(self.mean)) / torch.tensor(self.std)
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        keep = ~labels.isnan().any(dim=-1)
+        if not bool(keep.any()):
+            return _masked_zero(outputs)
+        return F.mse_loss(outputs[keep], self._standardise(labels[keep]))
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        return outputs.detach() * torch.tensor(self.std) + torch.tensor(self.mean)
+
+    def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+        keep = ~labels.isnan().any(dim=-1)
+        return M.regression_metrics(predictions[keep].numpy(), labels[keep].numpy())
+
+    def decode(self, predictions: Tensor) -> list[Any]:
+        rows = predictions.tolist()
+        return [r[0] if len(r) == 1 else r for r in rows]
+
+
+@TASK_KINDS.register("token_classification", paper="Token classification (IOB tagging)")
+class TokenClassification(TaskKind):
+    """One tag per word (e.g. B-PER/I-PER/O). Input: a column of word lists; labels: a
+    column of tag lists of the same length. Only the first sub-word of each word is scored;
+    metrics are entity-level (seqeval-style)."""
+
+    level = "token"
+    default_metric = "entity_f1"
+    metric_names = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
+
+    def fit(self, train: pd.DataFrame) -> None:
+        if self.task.labels is not None:
+            self.label_names = list(self.task.labels)
+        else:
+            tags = [t for row in self._column(train).tolist() if row is not None for t in row]
+            self.label_names = self._names_from(tags)
+
+    @property
+    def num_outputs(self) -> int:
+        assert self.label_names is not None
+        return len(self.label_names)
+
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        """Word-level tag ids padded with IGNORE; the data layer aligns them to sub-words."""
+        assert self.label_names is not None
+        index = {name: i for i, name in enumerate(self.label_names)}
+        rows = self._column(frame).tolist()
+        width = max((len(r) for r in rows if r is not None), default=0)
+        out = torch.full((len(rows), max(width, 1)), IGNORE, dtype=torch.long)
+        for i, row in enumerate(rows):
+            for j, tag in enumerate(row if row is not None else []):
+                name = self._label_name(tag)
+                if name not in index:
+                    raise self._unknown_label(tag, split)
+                out[i, j] = index[name]
+        return out
+
+    def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        if bool((labels == IGNORE).all()):
+            return _masked_zero(outputs)
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+
+    def predict(self, outputs: Tensor) -> Tensor:
+        return outputs.argmax(dim=-1)
+
+    def _tag_lists(self, ids: Tensor, mask: Tensor) -> list[list[str]]:
+        assert self.label_names is not None
+        return [
+            [self.label_names[i] for i, m in zip(row, keep, strict=True) if m]
+            for row, keep in zip(ids.tolist(), mask.tolist(), strict=True)
+        ]
+
+    def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
+        mask = labels != IGNORE
+        return M.token_classification_metrics(
+            self._tag_lists(predictions, mask), self._tag_lists(labels.clamp(min=0), mask)
+        )
+
+    def decode(self, predictions: Tensor) -> list[Any]:
+        assert self.label_names is not None
+        return [[self.label_names[i] for i in row] for row in predictions.tolist()]

@@ -1,0 +1,324 @@
+"""The training loop: sample tasks, forward, balance, step, evaluate, checkpoint, report."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from torch import Tensor
+
+from polytask.balance import BALANCERS, Balancer
+from polytask.config import RunConfig
+from polytask.errors import ConfigError, TrainingError
+from polytask.evaluate.evaluation import evaluate, primary, selection_score
+from polytask.models.inputs import Encoded
+from polytask.pipeline import prepare
+from polytask.tasks.data import BatchStream
+from polytask.tasks.sampling import SAMPLERS, Sampler
+from polytask.train import checkpoint
+from polytask.train.callbacks import MetricsLog, ProgressDisplay
+from polytask.train.results import build_results, save_model, write_json
+from polytask.train.schedule import build_optimizer, build_scheduler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_pos": random.getstate()[2],
+            "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)), "numpy_pos": numpy_state[2]}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32),
+                         int(state["numpy_pos"]), 0, 0.0))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu or cuda") from None
+
+
+def build_method(registry: Any, field: str, name: str, **options: Any) -> Any:
+    try:
+        return registry.get(name)(**options)
+    except TypeError as error:
+        raise ConfigError(f"{field}: bad hyperparameters for {name!r}: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"{field}: {error}") from None
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a request to checkpoint and stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if self.requested:  # a second signal stops at once
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Trains the tasks of a `RunConfig` jointly and writes a run directory.
+
+    `Trainer(config, run_dir).fit()` returns the results dict also written to
+    `run_dir/results.json`. `resume=True` continues from the newest good checkpoint.
+    `baselines` maps task name -> single-task test value of its primary metric (for Δm%).
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path | None = None,
+                 resume: bool = False, console: Console | None = None,
+                 baselines: Mapping[str, float | None] | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir or Path("runs") / (config.name or "run"))
+        self.resume = resume
+        self.console = console or Console(stderr=True)
+        self.baselines = dict(baselines or {})
+        self._check_run_dir()
+
+    def _check_run_dir(self) -> None:
+        has_results = (self.run_dir / "results.json").exists()
+        has_checkpoints = bool(checkpoint.list_checkpoints(self.run_dir / "checkpoints"))
+        if self.resume:
+            if not has_checkpoints:
+                raise ConfigError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+            return
+        if has_results or has_checkpoints:
+            raise ConfigError(
+                f"run dir {self.run_dir} already holds a run; pass --resume to continue it, or "
+                "choose another --run-dir (nothing was overwritten)"
+            )
+
+    # -- setup ------------------------------------------------------------------------
+    def _setup(self) -> None:
+        train = self.config.train
+        if train.threads:
+            torch.set_num_threads(train.threads)
+        seed_everything(train.seed)
+        self.device = resolve_device(train.device)
+        self.data, self.model, self.encoder, self.backbone_spec = prepare(self.config)
+        self.model.to(self.device)
+        self.task_names = [t.name for t in self.data.tasks]
+        self.balancer: Balancer = build_method(
+            BALANCERS, "balancer", self.config.balancer.name, **self.config.balancer.options)
+        self.balancer.setup(self.task_names)
+        self.sampler: Sampler = build_method(
+            SAMPLERS, "sampler", self.config.sampler.name, sizes=self.data.train_sizes(),
+            total_steps=train.max_steps * train.grad_accum, seed=train.seed,
+            **self.config.sampler.options)
+        self.stream = BatchStream(self.data, train.batch_size, train.seed)
+        self.optimizer = build_optimizer(self.model, self.balancer.parameters(), train)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        self.shared_params = self.model.shared_parameters()
+        self.step = 0
+        self.best: dict[str, Any] = {"score": -math.inf, "step": None, "reference": None,
+                                     "stale": 0, "validation": None}
+
+    def _write_start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.dump(),
+                                                                     sort_keys=False))
+            write_json(self.run_dir / "splits.json", self.data.record)
+
+    def _restore(self) -> None:
+        found = checkpoint.load_latest(self.run_dir / "checkpoints",
+                                       warn=lambda m: self.console.print(f"[yellow]{m}"))
+        if found is None:
+            raise ConfigError(f"--resume: no readable checkpoint in {self.run_dir / 'checkpoints'}")
+        step, weights, state = found
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.stream.load_state_dict(state["stream"])
+        self.balancer.load_state_dict(state["balancer"])
+        set_rng_state(state["rng"])
+        self.best = dict(state["best"])
+        self.step = step
+        self.log.truncate_after(step)
+        self.console.print(f"resumed from step {step}")
+
+    def _save_checkpoint(self) -> None:
+        state = {"optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "sampler": self.sampler.state_dict(), "stream": self.stream.state_dict(),
+                 "balancer": self.balancer.state_dict(), "rng": rng_state(), "best": self.best}
+        checkpoint.save(self.run_dir / "checkpoints", self.step, self.model.state_dict(), state,
+                        self.config.train.keep_checkpoints)
+
+    # -- one step ---------------------------------------------------------------------
+    def _forward(self, batch: Mapping[str, tuple[Encoded, Tensor]]) -> dict[str, Tensor]:
+        inputs: dict[int, Encoded] = {}
+        by_task = {}
+        for task, (encoded, _) in batch.items():  # move each shared input to device once
+            key = id(encoded)
+            if key not in inputs:
+                inputs[key] = {k: v.to(self.device) for k, v in encoded.items()}
+            by_task[task] = inputs[key]
+        outputs = self.model(by_task)
+        return {t: self.data.kinds[t].loss(outputs[t], batch[t][1].to(self.device))
+                for t in batch}
+
+    def _check_finite(self, losses: Mapping[str, Tensor]) -> bool:
+        bad = [t for t, v in losses.items() if not bool(torch.isfinite(v))]
+        if not bad:
+            return True
+        if self.config.train.nan_policy == "skip":
+            self.console.print(f"[yellow]step {self.step + 1}: non-finite loss for {bad}; "
+                               "batch skipped (train.nan_policy: skip)")
+            return False
+        raise TrainingError(
+            f"step {self.step + 1}: the loss of task(s) {bad} is NaN/inf. The last good "
+            f"checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower train.lr, check the "
+            "labels, or set train.nan_policy: skip."
+        )
+
+    def _train_step(self) -> dict[str, float]:
+        train = self.config.train
+        logged: dict[str, float] = {}
+        batch: Mapping[str, tuple[Encoded, Tensor]] = {}
+        skipped = False
+        for micro in range(train.grad_accum):
+            tasks = self.sampler.tasks_for_step(self.step * train.grad_accum + micro)
+            batch = self.stream.next_batch(tasks)
+            losses = self._forward(batch)
+            if not self._check_finite(losses):
+                skipped = True
+                continue
+            scaled = {t: v / train.grad_accum for t, v in losses.items()}
+            auxiliary = self.model.auxiliary_loss()
+            if auxiliary is not None and self.config.model.auxiliary_loss_weight:
+                (auxiliary * self.config.model.auxiliary_loss_weight / train.grad_accum
+                 ).backward(retain_graph=True)
+                logged["auxiliary_loss"] = auxiliary.item()
+            features = self.model.representation if self.balancer.supports_features else None
+            weights = self.balancer.backward(
+                scaled, self.shared_params, features=features,
+                task_params=self.model.all_task_parameters(list(losses)))
+            logged.update({f"loss/{t}": v.item() for t, v in losses.items()})
+            logged.update({f"weight/{t}": w for t, w in weights.items()})
+        if skipped and train.grad_accum == 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            return logged
+        if train.grad_clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        last_batch = batch
+        self.balancer.after_step(lambda: self._recompute(last_batch))
+        logged["lr"] = self.scheduler.get_last_lr()[0]
+        return logged
+
+    @torch.no_grad()
+    def _recompute(self, batch: Mapping[str, tuple[Encoded, Tensor]]) -> dict[str, Tensor]:
+        return self._forward(batch)
+
+    # -- evaluation -------------------------------------------------------------------
+    def _evaluate(self) -> bool:
+        """Validate; remember the best weights. True when early stopping says stop."""
+        metrics = evaluate(self.model, self.data, "validation",
+                           self.config.train.eval_batch_size, self.device)
+        values = primary(metrics, self.data)
+        if self.best["reference"] is None:
+            self.best["reference"] = values
+        score = selection_score(values, self.best["reference"], self.data)
+        self.log.write({"step": self.step, "split": "validation", "score": score,
+                        **{f"{t}/{m}": v for t, ms in metrics.items() for m, v in ms.items()}})
+        if score > self.best["score"]:
+            self.best.update(score=score, step=self.step, stale=0, validation=metrics)
+            checkpoint.save_weights(self.model.state_dict(), self.run_dir / "best" /
+                                    "model.safetensors")
+        else:
+            self.best["stale"] += 1
+        patience = self.config.train.patience
+        return patience is not None and self.best["stale"] >= patience
+
+    # -- the run ----------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train, keep the best validation checkpoint, evaluate on test, write results."""
+        started = time.perf_counter()
+        self._setup()
+        self._write_start()
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.resume)
+        if self.resume:
+            self._restore()
+        train = self.config.train
+        every = train.checkpoint_every or train.eval_every
+        step_times: list[float] = []
+        stopped_early = False
+        with ProgressDisplay(train.max_steps, self.step, train.progress, self.console) as bar, \
+                _StopRequest() as stop:
+            while self.step < train.max_steps:
+                tick = time.perf_counter()
+                logged = self._train_step()
+                step_times.append(time.perf_counter() - tick)
+                self.step += 1
+                if self.step % train.log_every == 0 or self.step == train.max_steps:
+                    self.log.write({"step": self.step, "split": "train", **logged})
+                bar.update(self.step, {k: v for k, v in logged.items() if k.startswith("loss/")})
+                if self.step % train.eval_every == 0 or self.step == train.max_steps:
+                    stopped_early = self._evaluate()
+                if self.step % every == 0 or stopped_early or stop.requested:
+                    self._save_checkpoint()
+                if stop.requested:
+                    raise TrainingError(f"stopped by a signal at step {self.step}; checkpoint "
+                                        f"written; continue with --resume")
+                if stopped_early:
+                    self.console.print(f"early stop at step {self.step}: no improvement in "
+                                       f"{train.patience} evaluations")
+                    break
+        if self.best["step"] is not None:
+            best = checkpoint.load_weights_file(self.run_dir / "best" / "model.safetensors")
+            self.model.load_state_dict(best)
+        save_model(self.run_dir / "model", self.model, self.data, self.backbone_spec,
+                   self.encoder, self.config)
+        test = evaluate(self.model, self.data, "test", train.eval_batch_size, self.device)
+        results = build_results(self.config, self.data, test, self.best, self.step,
+                                self.baselines, stopped_early,
+                                wall_time=time.perf_counter() - started,
+                                step_time=float(np.median(step_times)) if step_times else None)
+        self.log.write({"step": self.step, "split": "test",
+                        **{f"{t}/{m}": v for t, ms in test.items() for m, v in ms.items()}})
+        self.log.close()
+        write_json(self.run_dir / "results.json", results)
+        return results
