@@ -142,6 +142,9 @@ class RunConfig(BaseModel):
         None, description="The shared dataset read by tasks without their own `data`."
     )
     tasks: list[Task] = Field(default_factory=list, description="The tasks to learn jointly.")
+    only: list[str] | None = Field(
+        None, description="Train only these tasks (by name) of `tasks` or of the suite."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampler: MethodConfig = Field(
         default_factory=lambda: MethodConfig(name="all"),

@@ -51,6 +51,12 @@ def resolve(config: RunConfig) -> Resolved:
         tasks = tasks or list(suite.tasks)
         shared = shared if shared is not None else suite.data
         backbone = backbone or suite.backbone
+    if config.only is not None:
+        known = [t.name for t in tasks]
+        unknown = [n for n in config.only if n not in known]
+        if unknown:
+            raise ConfigError(f"only: unknown task(s) {unknown}; the tasks are {known}")
+        tasks = [t for t in tasks if t.name in config.only]
     if backbone is None:
         raise ConfigError("model.backbone: required (e.g. {type: hf, name: minilm-l6} or "
                           "{type: mlp}) unless a `suite` provides one")

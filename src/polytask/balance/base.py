@@ -90,6 +90,7 @@ class Balancer(ABC):
 
     def reset(self) -> None:
         """Forget all state accumulated during training."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -190,7 +191,7 @@ class GradientAggregator(Balancer):
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
         del features
-        names, vector = stack_losses(losses)
+        _, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
         jacobian = task_jacobian(vector, params)

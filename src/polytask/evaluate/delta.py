@@ -21,7 +21,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = ["delta_m", "mean_rank", "relative_change"]
 
@@ -113,6 +112,8 @@ def mean_rank(
         raise ValueError(
             f"mean_rank: no higher_is_better entry for task(s) {', '.join(no_direction)}"
         )
+    from scipy.stats import rankdata  # imported here: scipy.stats is slow to import
+
     ranks = np.zeros((len(methods), len(tasks)))
     for j, task in enumerate(tasks):
         column = np.array([float(scores[method][task]) for method in methods])

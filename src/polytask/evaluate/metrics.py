@@ -21,8 +21,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import f1_score, matthews_corrcoef
+
+# scikit-learn and scipy.stats are imported inside the functions that use them: together they
+# take about a second to import, and every `import polytask` reaches this module.
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -126,6 +127,8 @@ def classification_metrics(
                 f"{what}: {name} contain class id {int(bad[0])}, outside [0, {num_labels}) "
                 f"for num_labels={num_labels}"
             )
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
     present = np.union1d(preds, gold)
     macro_f1 = f1_score(gold, preds, labels=present, average="macro", zero_division=0)
     with warnings.catch_warnings():  # constant inputs: mcc is 0 by definition here
@@ -179,6 +182,8 @@ def multilabel_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str,
 def _correlation(x: np.ndarray, y: np.ndarray, kind: str) -> float:
     if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return 0.0  # undefined for constant input; 0 = "no linear/rank association"
+    from scipy import stats
+
     test = stats.pearsonr if kind == "pearson" else stats.spearmanr
     value = test(x, y).statistic
     return float(value) if np.isfinite(value) else 0.0

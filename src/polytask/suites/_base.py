@@ -28,7 +28,7 @@ from polytask.tasks.spec import SPLITS, Task
 SEED = 0
 
 #: Bump when the loaders change what they return, so stale disk caches are ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: Split name -> table.
 Splits = dict[str, pd.DataFrame]
@@ -63,6 +63,15 @@ class Suite:
             if task.name == name:
                 return task
         raise KeyError(f"suite {self.name!r} has no task {name!r}; tasks: {self.task_names}")
+
+    def task_data(self, name: str) -> Splits:
+        """The split dict that feeds task `name`: its own data, or else the shared data."""
+        own = self.task(name).data
+        if isinstance(own, dict):
+            return own
+        if own is None and self.data is not None:
+            return self.data
+        raise DataError(f"suite {self.name!r}: task {name!r} has no in-memory split dict")
 
     @property
     def task_names(self) -> list[str]:

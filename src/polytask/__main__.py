@@ -1,0 +1,5 @@
+"""`python -m polytask` (also what `torchrun -m polytask` runs)."""
+
+from polytask.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""IMTL-G, the gradient half of Impartial Multi-Task Learning (Liu et al. 2021, "Towards
+Impartial Multi-task Learning", ICLR)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.solvers import RELATIVE_EPS, as_weights, normalized, to_numpy
+
+
+@BALANCERS.register("imtl_g", paper="Towards Impartial Multi-task Learning (Liu et al. 2021)")
+class IMTLG(GramianAggregator):
+    """IMTL-G: the update g = Σ_t α_t g_t with Σ α_t = 1 has the same projection on every
+    unit task gradient u_t (g·u_t = c for all t), so no task is favoured by its scale.
+
+    The paper solves for α relative to task 1; here the same conditions, N G α = c 1 and
+    1ᵀα = 1 (N = diag(1/|g_t|)), are solved as one symmetric linear system (min-norm least
+    squares), so the result does not depend on the task order even when the gradients are
+    linearly dependent. Tasks with a zero gradient get weight 0. Weights sum to 1.
+    """
+
+    def weights(self, gramian: Tensor) -> Tensor:
+        g, _ = normalized(to_numpy(gramian))
+        t = g.shape[0]
+        norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+        active = norms**2 > RELATIVE_EPS
+        alpha = np.zeros(t)
+        k = int(active.sum())
+        if k:
+            sub = g[np.ix_(active, active)] / norms[active][:, None]
+            system = np.zeros((k + 1, k + 1))
+            system[:k, :k] = sub
+            system[:k, k] = -1.0
+            system[k, :k] = 1.0
+            rhs = np.zeros(k + 1)
+            rhs[k] = 1.0
+            alpha[active] = np.linalg.lstsq(system, rhs, rcond=None)[0][:k]
+        return as_weights(alpha, gramian)

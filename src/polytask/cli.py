@@ -1,0 +1,154 @@
+"""The `polytask` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polytask.errors import PolytaskError
+
+app = typer.Typer(
+    help="polytask: train one model on many tasks, measure it against single-task baselines.\n\n"
+    "Start with `polytask train examples/quickstart.yaml`, then look at the run directory.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML); see examples/.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config value: --set train.lr=3e-4 --set balancer=pcgrad "
+    "(repeatable; values are YAML).")]
+
+
+def _fail(error: Exception) -> None:
+    err.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run; default "
+                                                 "runs/<config name or file stem>.")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its newest "
+                                         "good checkpoint.")] = False,
+) -> None:
+    """Train the tasks of CONFIG jointly; write config, metrics, checkpoints, model, results.
+
+    Prints a table of multi-task vs single-task test results and Δm% (positive = better).
+    """
+    from polytask.config import load_config
+    from polytask.evaluate.table import print_results
+    from polytask.train.baselines import cached_baselines, train_baselines
+    from polytask.train.trainer import Trainer
+
+    try:
+        cfg = load_config(config, set_ or [])
+        target = run_dir or Path("runs") / (cfg.name or config.stem)
+        if cfg.baselines == "auto":
+            baselines = train_baselines(cfg, err)
+        elif cfg.baselines == "cached":
+            baselines = cached_baselines(cfg)
+        else:
+            baselines = {}
+        results = Trainer(cfg, target, resume=resume, console=err, baselines=baselines).fit()
+    except PolytaskError as error:
+        _fail(error)
+    print_results(results, out)
+    out.print(f"run written to {target}")
+
+
+@app.command()
+def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Train each task of CONFIG alone (same settings) and cache it for `train`'s Δm%."""
+    from polytask.config import load_config
+    from polytask.train.baselines import train_baselines
+
+    try:
+        values = train_baselines(load_config(config, set_ or []), err)
+    except PolytaskError as error:
+        _fail(error)
+    for task, value in values.items():
+        out.print(f"{task}: {value:.4f}" if value is not None else f"{task}: –")
+
+
+@app.command("eval")
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    split: Annotated[str, typer.Option(help="validation or test.")] = "test",
+) -> None:
+    """Re-evaluate a finished run's model on a split; prints every metric of every task."""
+    from polytask.inference import evaluate_run
+
+    if split not in ("validation", "test"):
+        _fail(PolytaskError(f"--split: {split!r} is not a split; use validation or test"))
+    try:
+        metrics = evaluate_run(run_dir, split)
+    except PolytaskError as error:
+        _fail(error)
+    table = Table(title=f"{run_dir} · {split}")
+    for column in ("task", "metric", "value"):
+        table.add_column(column)
+    for task, values in metrics.items():
+        for metric, value in values.items():
+            table.add_row(task, metric, f"{value:.4f}")
+    out.print(table)
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise PolytaskError(f"--input: file {str(path)!r} does not exist")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    raise PolytaskError(f"--input: {str(path)!r} must be .csv, .tsv, .json or .jsonl")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    task: Annotated[str, typer.Option(help="Which task's head to use.")],
+    input: Annotated[Path, typer.Option("--input", help="CSV/TSV/JSON/JSONL rows with the "
+                                        "task's input columns.")],
+) -> None:
+    """Print one JSON line per input row: the row's index and the task's prediction."""
+    from polytask.inference import load_run
+
+    try:
+        rows = _read_rows(input)
+        predictions = load_run(run_dir).predict(task, rows)
+    except PolytaskError as error:
+        _fail(error)
+    for index, value in enumerate(predictions):
+        sys.stdout.write(json.dumps({"row": index, task: value}) + "\n")
+
+
+@app.command()
+def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List every registered sampler, balancer, architecture and task kind with its paper."""
+    from polytask.methods import all_methods
+
+    infos = all_methods()
+    if as_json:
+        sys.stdout.write(json.dumps([i.__dict__ for i in infos], indent=1) + "\n")
+        return
+    table = Table(title="polytask methods")
+    for column in ("family", "name", "paper"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        table.add_row(info.family, info.name, info.paper)
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,166 @@
+"""Loss weightings: formulas by hand, learned parameters, and FAMO's O(1) promise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import polytask.balance as balance
+
+
+def leaf_losses(values: list[float]) -> tuple[dict[str, Tensor], Tensor]:
+    """Losses that are the leaves themselves (d loss_t / d leaf_t = 1)."""
+    leaf = torch.tensor(values, requires_grad=True)
+    return {f"t{i}": leaf[i] for i in range(len(values))}, leaf
+
+
+def test_ew_is_the_mean() -> None:
+    losses, leaf = leaf_losses([1.0, 2.0, 4.0])
+    w = balance.get("ew").backward(losses, [])
+    assert w == pytest.approx({"t0": 1 / 3, "t1": 1 / 3, "t2": 1 / 3})
+    assert torch.allclose(leaf.grad, torch.full((3,), 1 / 3))
+
+
+def test_fixed_uses_the_given_weights_and_names_missing_tasks() -> None:
+    b = balance.get("fixed", weights={"t0": 2.0, "t1": 0.5})
+    losses, leaf = leaf_losses([1.0, 1.0])
+    assert b.backward(losses, []) == {"t0": 2.0, "t1": 0.5}
+    assert leaf.grad.tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match="t2"):
+        b.setup(["t0", "t2"])
+
+
+def minimise(balancer: balance.Balancer, values: list[float], steps: int) -> None:
+    opt = torch.optim.SGD(balancer.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        losses, _ = leaf_losses(values)
+        balancer.backward(losses, [])
+        opt.step()
+
+
+def test_uw_learns_the_log_variances() -> None:
+    b = balance.get("uw")
+    b.setup(["t0", "t1"])
+    minimise(b, [4.0, 0.25], 400)  # optimum of exp(-s) L + s is s = log L
+    assert b.log_vars.detach().tolist() == pytest.approx([math.log(4.0), math.log(0.25)], abs=1e-3)
+    fresh = balance.get("uw")
+    fresh.setup(["t0", "t1"])
+    fresh.load_state_dict(b.state_dict())
+    assert torch.equal(fresh.log_vars, b.log_vars)
+
+
+def test_uw_needs_setup() -> None:
+    losses, _ = leaf_losses([1.0])
+    with pytest.raises(RuntimeError, match="setup"):
+        balance.get("uw").backward(losses, [])
+
+
+def test_imtl_l_makes_scaled_losses_one() -> None:
+    b = balance.get("imtl_l")
+    b.setup(["t0", "t1"])
+    minimise(b, [4.0, 0.5], 400)  # optimum of exp(s) L - s is exp(s) L = 1
+    assert (torch.exp(b.scales.detach()) * torch.tensor([4.0, 0.5])).tolist() == pytest.approx(
+        [1.0, 1.0], abs=1e-3
+    )
+
+
+def test_dwa_formula_by_hand() -> None:
+    b = balance.get("dwa", temperature=2.0)
+    steps = [[1.0, 2.0], [0.5, 2.0], [0.4, 2.0]]
+    seen = []
+    for values in steps:
+        losses, _ = leaf_losses(values)
+        seen.append(b.backward(losses, []))
+    assert seen[0] == seen[1] == {"t0": 1.0, "t1": 1.0}
+    r = torch.tensor([0.5 / 1.0, 2.0 / 2.0])
+    expected = 2 * torch.softmax(r / 2.0, 0)
+    assert [seen[2]["t0"], seen[2]["t1"]] == pytest.approx(expected.tolist())
+
+
+def test_igb_formula_by_hand() -> None:
+    b = balance.get("igb", temperature=1.0, reference_steps=1)
+    losses, _ = leaf_losses([2.0, 4.0])
+    assert b.backward(losses, []) == {"t0": 1.0, "t1": 1.0}
+    losses, _ = leaf_losses([1.0, 4.0])
+    w = b.backward(losses, [])
+    expected = 2 * torch.softmax(torch.tensor([0.5, 1.0]), 0)
+    assert [w["t0"], w["t1"]] == pytest.approx(expected.tolist())
+
+
+def test_gls_is_the_gradient_of_the_geometric_mean() -> None:
+    losses, leaf = leaf_losses([1.0, 4.0])
+    w = balance.get("gls").backward(losses, [])
+    # d sqrt(a b) / da = sqrt(b/a)/2
+    assert leaf.grad.tolist() == pytest.approx([1.0, 0.25])
+    assert [w["t0"], w["t1"]] == pytest.approx([1.0, 0.25])
+    with pytest.raises(ValueError, match="positive"):
+        balance.get("gls").backward(leaf_losses([0.0, 1.0])[0], [])
+
+
+def test_rlw_draws_from_its_generator_and_resumes() -> None:
+    def run(b: balance.Balancer, n: int) -> list[dict[str, float]]:
+        return [b.backward(leaf_losses([1.0, 1.0, 1.0])[0], []) for _ in range(n)]
+
+    a = balance.get("rlw", generator=torch.Generator().manual_seed(3))
+    b = balance.get("rlw", generator=torch.Generator().manual_seed(3))
+    first = run(a, 3)
+    assert first == run(b, 3)
+    assert sum(first[0].values()) == pytest.approx(1.0)
+    assert first[0] != first[1]
+    c = balance.get("rlw")
+    c.load_state_dict(a.state_dict())
+    assert run(a, 2) == run(c, 2)
+    torch.manual_seed(11)
+    d = balance.get("rlw")
+    torch.manual_seed(11)
+    assert run(d, 2) == run(balance.get("rlw"), 2)  # seeded from the global RNG
+
+
+def test_famo_never_computes_task_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("FAMO called torch.autograd.grad")
+
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    b = balance.get("famo", lr=0.1)
+    b.setup(["t0", "t1"])
+    x = nn.Parameter(torch.tensor([1.0, 1.0]))
+    for _ in range(5):
+        losses = {"t0": x[0] ** 2, "t1": x[1] ** 2}
+        w = b.backward(losses, [x])
+        assert sum(w.values()) == pytest.approx(1.0)
+        x.grad = None
+        # t0 improves a lot, t1 not at all: t1 must gain weight
+        b.after_step(lambda: {"t0": torch.tensor(0.5), "t1": torch.tensor(1.0)})
+    assert w["t1"] > w["t0"]
+    fresh = balance.get("famo")
+    fresh.setup(["t0", "t1"])
+    fresh.load_state_dict(b.state_dict())
+    assert torch.equal(fresh.logits, b.logits)
+
+
+def test_famo_gradient_is_the_weighted_sum() -> None:
+    losses, leaf = leaf_losses([1.0, 3.0])
+    w = balance.get("famo").backward(losses, [])
+    assert leaf.grad.tolist() == pytest.approx([w["t0"], w["t1"]])
+    assert w["t0"] == pytest.approx(0.75)  # z = 1/2 each: w ∝ 1/L
+
+
+def test_gradnorm_downweights_the_task_with_the_larger_gradient() -> None:
+    b = balance.get("gradnorm", alpha=1.5)
+    b.setup(["t0", "t1"])
+    layer = nn.Parameter(torch.tensor([[1.0, 1.0]]))
+    opt = torch.optim.SGD([layer, *b.parameters()], lr=0.01)
+    for _ in range(20):
+        opt.zero_grad()
+        out = layer.sum()
+        losses = {"t0": 10 * out, "t1": out}
+        b.backward(losses, [layer])
+        opt.step()
+        b.after_step(lambda: {})
+    w = b.task_weights.detach()
+    assert w.sum().item() == pytest.approx(2.0)
+    assert w[0] < w[1]
