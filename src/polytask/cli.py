@@ -29,7 +29,7 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def _fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {error}")
+    err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

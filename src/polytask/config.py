@@ -9,6 +9,7 @@ work starts, naming the field, the bad value and the nearest valid choice. Metho
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,18 @@ from polytask.registry import Registry
 from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.sampling import SAMPLERS
 from polytask.tasks.spec import DataSpec, Task, coerce_data
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; read it as a float, as YAML 1.2 does,
+    so method hyperparameters (which pydantic does not coerce) get numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 class MethodConfig(BaseModel):
@@ -181,7 +194,9 @@ class RunConfig(BaseModel):
         names = [t.name for t in self.tasks]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"task names must be unique; repeated: {duplicates}")
+            raise ValueError(
+                f"tasks: task names must be unique; repeated: {duplicates}. Rename one of them."
+            )
         for i, task in enumerate(self.tasks):
             _known(TASK_KINDS, task.kind, f"tasks.{i}.kind")
             if task.data is None and self.data is None:
@@ -215,27 +230,44 @@ def _known(registry: Registry[Any], name: str, field: str) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `--set a.b=c` overrides (values parsed as YAML; list items by index)."""
+    """Apply `--set a.b=c` overrides (values parsed as YAML; list items by index).
+
+    Returns a new dict: sections on the path are copied, so `data` and its nested dicts and
+    lists are never changed."""
+    data = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.load(raw, Loader=_Loader)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {error}") from None
         node: Any = data
         parts = key.split(".")
-        for part in parts[:-1]:
+        try:
+            for part in parts[:-1]:
+                slot: Any = int(part) if isinstance(node, list) else part
+                child = node[slot] if isinstance(node, list) else node.get(part)
+                if isinstance(child, str) and part in {
+                    "sampler", "balancer", "architecture", "suite"
+                }:
+                    child = {"name": child}
+                if isinstance(child, dict | list):
+                    child = type(child)(child)
+                elif not isinstance(node, list):
+                    child = {}
+                node[slot] = child
+                node = child
             if isinstance(node, list):
-                node = node[int(part)]
-                continue
-            child = node.get(part)
-            if isinstance(child, str) and part in {"sampler", "balancer", "architecture", "suite"}:
-                child = {"name": child}
-            node[part] = child if isinstance(child, dict | list) else {}
-            node = node[part]
-        if isinstance(node, list):
-            node[int(parts[-1])] = value
-        else:
-            node[parts[-1]] = value
+                node[int(parts[-1])] = value
+            else:
+                node[parts[-1]] = value
+        except (ValueError, IndexError, AttributeError, TypeError):
+            raise ConfigError(
+                f"--set {item!r}: {key!r} does not lead to a settable field; list items are "
+                "indexed from 0 (e.g. tasks.0.metric=macro_f1)"
+            ) from None
     return data
 
 
@@ -295,7 +327,7 @@ def load_config(
         if not path.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):

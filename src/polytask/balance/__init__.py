@@ -7,7 +7,7 @@
     optimizer.step()
 """
 
-from polytask.balance import aggregation, weighting
+from polytask.balance import aggregation, weighting, wrappers
 from polytask.balance.base import (
     BALANCERS,
     Balancer,
@@ -28,4 +28,5 @@ __all__ = [
     "get",
     "names",
     "weighting",
+    "wrappers",
 ]

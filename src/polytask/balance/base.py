@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from polytask.balance.jacobian import task_gramian, task_jacobian
+from polytask.balance.gramian import TaskGradients
+from polytask.balance.jacobian import task_jacobian
 from polytask.registry import Registry
 
 BALANCERS: Registry[type[Balancer]] = Registry("balancer")
@@ -202,8 +204,9 @@ class GradientAggregator(Balancer):
 class GramianAggregator(GradientAggregator):
     """An aggregator whose update is `weights(J Jᵀ) @ J`.
 
-    `backward` computes the T x T Gramian (without materialising J where cheaper), solves
-    for the weights, then does ONE backward of the weighted loss sum.
+    `backward` computes the T x T Gramian (without materialising J where cheaper, see
+    `polytask.balance.gramian`), solves for the weights, and forms the update `wᵀJ` from the
+    same factors, with no second backward pass.
     """
 
     @abstractmethod
@@ -224,14 +227,37 @@ class GramianAggregator(GradientAggregator):
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        w = self.weights(task_gramian(vector, params)).to(vector.dtype)
-        torch.autograd.backward((w.detach() * vector).sum(), inputs=params)
+        gradients = TaskGradients(vector, params)
+        w = self.weights(gradients.gramian()).to(vector.dtype)
+        gradients.accumulate(w.detach())
         return dict(zip(names, w.tolist(), strict=True))
 
 
+@dataclass(frozen=True)
+class WrapperOption:
+    """A `get` keyword that wraps any balancer (e.g. `update_every=5`): `wrap(balancer,
+    value)` returns the wrapped balancer, or the same one when the value means "off".
+    Options apply in increasing `order` (inner wrappers first)."""
+
+    order: int
+    wrap: Callable[[Balancer, Any], Balancer]
+
+
+#: Wrapper options understood by `get`, filled by the modules of `polytask.balance.wrappers`.
+WRAPPERS: dict[str, WrapperOption] = {}
+
+
 def get(name: str, **hyperparameters: Any) -> Balancer:
-    """Build a registered balancer: `polytask.balance.get("cagrad", c=0.4)`."""
-    return BALANCERS.get(name)(**hyperparameters)
+    """Build a registered balancer: `polytask.balance.get("cagrad", c=0.4)`.
+
+    Keywords naming a wrapper (`representation`, `update_every`, `sparse`, `sam_rho`; see
+    `polytask.balance.wrappers`) wrap the method; the others go to its constructor.
+    """
+    options = {k: hyperparameters.pop(k) for k in list(hyperparameters) if k in WRAPPERS}
+    balancer = BALANCERS.get(name)(**hyperparameters)
+    for key in sorted(options, key=lambda k: WRAPPERS[k].order):
+        balancer = WRAPPERS[key].wrap(balancer, options[key])
+    return balancer
 
 
 def names() -> list[str]:

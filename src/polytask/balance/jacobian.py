@@ -3,7 +3,8 @@
 `task_jacobian` returns the T x P matrix whose row t is the gradient of loss t with
 respect to the (flattened, concatenated) shared parameters. It uses one vmap'd backward
 (`is_grads_batched=True`) and falls back to T ordinary backward passes only when an
-operation in the graph has no batching rule.
+operation in the graph has no batching rule. (`polytask.balance.gramian` gets the T x T
+Gramian without forming this matrix.)
 """
 
 from __future__ import annotations
@@ -12,16 +13,21 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 
-def task_jacobian(losses: Tensor, params: Sequence[Tensor], retain_graph: bool = True) -> Tensor:
-    """The T x P Jacobian of the loss vector w.r.t. `params` (missing grads are zeros)."""
+def batched_grads(
+    losses: Tensor, inputs: Sequence[Tensor | GradientEdge]
+) -> tuple[Tensor | None, ...]:
+    """For each input, the T stacked gradients d losses[t] / d input (None when unused)."""
+    if not inputs:
+        return ()
     t = losses.numel()
     eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
     try:
-        grads = torch.autograd.grad(
+        return torch.autograd.grad(
             losses,
-            list(params),
+            list(inputs),
             grad_outputs=eye,
             is_grads_batched=True,
             retain_graph=True,
@@ -29,24 +35,31 @@ def task_jacobian(losses: Tensor, params: Sequence[Tensor], retain_graph: bool =
         )
     except RuntimeError:
         rows = [
-            torch.autograd.grad(losses[i], list(params), retain_graph=True, allow_unused=True)
+            torch.autograd.grad(losses[i], list(inputs), retain_graph=True, allow_unused=True)
             for i in range(t)
         ]
-        grads = tuple(
-            torch.stack([torch.zeros_like(p) if r[j] is None else r[j] for r in rows])
-            for j, p in enumerate(params)
+    out: list[Tensor | None] = []
+    for j in range(len(inputs)):
+        column = [r[j] for r in rows]
+        like = next((c for c in column if c is not None), None)
+        out.append(
+            None
+            if like is None
+            else torch.stack([torch.zeros_like(like) if c is None else c for c in column])
         )
-    flat = [
-        torch.zeros(t, p.numel(), dtype=losses.dtype, device=losses.device)
-        if g is None
-        else g.reshape(t, -1)
-        for g, p in zip(grads, params, strict=True)
-    ]
-    del retain_graph
-    return torch.cat(flat, dim=1)
+    return tuple(out)
 
 
-def task_gramian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
-    """The T x T Gramian `J Jᵀ` of the per-task gradients."""
-    jacobian = task_jacobian(losses, params)
-    return jacobian @ jacobian.T
+def task_jacobian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The T x P Jacobian of the loss vector w.r.t. `params` (missing grads are zeros)."""
+    t = losses.numel()
+    grads = batched_grads(losses, params)
+    return torch.cat(
+        [
+            torch.zeros(t, p.numel(), dtype=losses.dtype, device=losses.device)
+            if g is None
+            else g.reshape(t, -1)
+            for g, p in zip(grads, params, strict=True)
+        ],
+        dim=1,
+    )

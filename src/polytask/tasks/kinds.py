@@ -328,7 +328,7 @@ class TokenClassification(TaskKind):
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
         else:
-            tags = [t for row in self._column(train).tolist() if row is not None for t in row]
+            tags = [t for row in self._column(train).tolist() if not _is_missing(row) for t in row]
             self.label_names = self._names_from(tags)
 
     @property
@@ -340,7 +340,7 @@ class TokenClassification(TaskKind):
         """Word-level tag ids padded with IGNORE; the data layer aligns them to sub-words."""
         assert self.label_names is not None
         index = {name: i for i, name in enumerate(self.label_names)}
-        rows = self._column(frame).tolist()
+        rows = [None if _is_missing(r) else r for r in self._column(frame).tolist()]
         width = max((len(r) for r in rows if r is not None), default=0)
         out = torch.full((len(rows), max(width, 1)), IGNORE, dtype=torch.long)
         for i, row in enumerate(rows):

@@ -36,9 +36,6 @@ class Experts(nn.Module):
         super().__init__()
         self.experts = nn.ModuleList(mlp(in_dim, width, layers, dropout) for _ in range(count))
 
-    def __len__(self) -> int:
-        return len(self.experts)
-
     def forward(self, x: Tensor) -> Tensor:
         return torch.stack([expert(x) for expert in self.experts], dim=-2)
 

@@ -10,7 +10,8 @@ gate is a DSelect-k gate:
     expert j is prod_b (S(z_ib) if bit b of j is 1 else 1 - S(z_ib)).
   - the k selectors are mixed by softmax(w): expert weights = sum_i softmax(w)_i r(z_i).
 Once every z_ib has left the cubic region the selectors are one-hot, so at most k expert
-weights are non-zero, exactly, and gradients through the gate are still defined. An
+weights are non-zero, exactly, and gradients through the gate are still defined. (At
+most: two selectors may settle on the same expert, leaving fewer than k.) An
 entropy regulariser on each selector's distribution pushes them there during training.
 When n is not a power of 2 some codes name no expert; as in the authors' code, the term
 1 / (selector weight on real experts) keeps every selector on a real expert.
@@ -85,10 +86,13 @@ class DSelectK(SharingArchitecture):
       k: experts each task's gate may use, the number of selectors (default 2).
       gamma: width of the smooth-step's cubic region (default 1.0); logits beyond
         +-gamma/2 give exact 0/1.
-      per_example: True (default) conditions each gate on the input, as MMoE's gates are;
-        False gives a static, task-only gate (one choice of experts per task).
+      per_example: False (default) gives a static, task-only gate: one choice of k
+        experts per task, which saturates (becomes exactly sparse) within a few hundred
+        steps. True conditions each gate on the input, as MMoE's gates are; then every
+        example's selectors must saturate, which takes much longer training or a larger
+        entropy_weight.
       entropy_weight: weight of the selectors' entropy in `auxiliary_loss()` (default
-        0.01); 0 leaves sparsity to chance (the gate is still sparse once saturated).
+        0.1); 0 leaves saturation to the task loss alone.
       hidden: width of every expert layer and of the output (default: input_dim).
       expert_layers: Linear-ReLU layers per expert (default 1).
       dropout: dropout after each expert layer (default 0).
@@ -103,8 +107,8 @@ class DSelectK(SharingArchitecture):
         num_experts: int = 8,
         k: int = 2,
         gamma: float = 1.0,
-        per_example: bool = True,
-        entropy_weight: float = 0.01,
+        per_example: bool = False,
+        entropy_weight: float = 0.1,
         hidden: int | None = None,
         expert_layers: int = 1,
         dropout: float = 0.0,

@@ -1,0 +1,59 @@
+"""What every wrapper shares: delegation to the wrapped balancer and nested checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from polytask.balance.base import Balancer, GradientAggregator, GramianAggregator
+
+
+class BalancerWrapper(Balancer):
+    """A balancer that modifies how `inner` is applied; state and hooks pass through."""
+
+    def __init__(self, inner: Balancer) -> None:
+        super().__init__()
+        self.inner = inner
+        self.needs_all_tasks = inner.needs_all_tasks  # type: ignore[misc]
+        self.supports_features = inner.supports_features  # type: ignore[misc]
+
+    def setup(self, task_names: Sequence[str]) -> None:
+        super().setup(task_names)
+        self.inner.setup(task_names)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return self.inner.parameters()
+
+    def after_step(self, recompute_losses: Callable[[], Mapping[str, Tensor]]) -> None:
+        self.inner.after_step(recompute_losses)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+
+
+def require_aggregator(balancer: Balancer, what: str) -> GradientAggregator:
+    """`balancer` if it maps a gradient matrix to an update, else a clear error."""
+    if not isinstance(balancer, GradientAggregator):
+        raise ValueError(
+            f"{what} needs a gradient aggregator (a method over per-task gradients); "
+            f"{type(balancer).__name__} is not one"
+        )
+    return balancer
+
+
+def gramian_weights(
+    aggregator: GradientAggregator, jacobian: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """The update `aggregate(J)` and, for a Gramian method, the weights that produced it."""
+    if isinstance(aggregator, GramianAggregator):
+        w = aggregator.weights(jacobian @ jacobian.T).to(jacobian.dtype)
+        return w @ jacobian, w
+    return aggregator.aggregate(jacobian), None
