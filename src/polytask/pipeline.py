@@ -63,7 +63,9 @@ def resolve(config: RunConfig) -> Resolved:
     return Resolved(tasks, shared, backbone)
 
 
-def _load_sources(config: RunConfig, resolved: Resolved) -> tuple[dict[str, Source], dict[str, str]]:
+def _load_sources(
+    config: RunConfig, resolved: Resolved
+) -> tuple[dict[str, Source], dict[str, str]]:
     train = config.train
     sources: dict[str, Source] = {}
     task_source: dict[str, str] = {}
@@ -167,7 +169,8 @@ def build_model(config: RunConfig, tasks: list[Task], kinds: dict[str, TaskKind]
         raise ConfigError(f"model.architecture: {error}") from None
     heads: dict[str, nn.Module] = {}
     for name in names:
-        head: nn.Module = kinds[name].build_head(config.model.head_hidden or architecture.output_dim)
+        width = config.model.head_hidden or architecture.output_dim
+        head: nn.Module = kinds[name].build_head(width)
         if config.model.head_hidden:
             head = nn.Sequential(nn.Linear(architecture.output_dim, config.model.head_hidden),
                                  nn.ReLU(), head)

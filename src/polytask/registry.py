@@ -43,7 +43,7 @@ class Registry(Generic[T]):
         self._info: dict[str, MethodInfo] = {}
 
     def register(self, name: str, *, paper: str) -> Callable[[T], T]:
-        """Class decorator: `@BALANCERS.register("pcgrad", paper="Gradient Surgery ... (Yu 2020)")`."""
+        """Class decorator: `@BALANCERS.register("pcgrad", paper="Gradient Surgery ...")`."""
 
         def decorate(entry: T) -> T:
             if name in self._entries:

@@ -19,7 +19,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def _config(path: Path, **overrides: object):  # noqa: ANN202
+def _config(path: Path, **overrides: object):
     settings = {"max_steps": 24, "eval_every": 6, "checkpoint_every": 4, **overrides}
     return load_config(tabular_config(path, **settings), ["balancer=uw", "sampler=all"])
 
@@ -98,7 +98,7 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, tabular_file: Path
 def _poison(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
     original = Trainer._forward
 
-    def forward(self: Trainer, batch):  # noqa: ANN001, ANN202
+    def forward(self: Trainer, batch):
         losses = original(self, batch)
         if self.step == at_step:
             losses["size"] = losses["size"] * float("nan")

@@ -39,7 +39,7 @@ def _to_frame(table: Any, where: str) -> pd.DataFrame:
         try:
             return pd.DataFrame(table)
         except ValueError as error:
-            raise DataError(f"{where}: cannot make a table from the columns given: {error}") from None
+            raise DataError(f"{where}: cannot make a table from the columns: {error}") from None
     raise DataError(f"{where}: unsupported data type {type(table).__name__}; give a DataSpec, a "
                     "DataFrame, a datasets Dataset/DatasetDict or a dict of split -> table")
 
@@ -243,12 +243,18 @@ class BatchStream:
         self.seed = seed
         self.sources = sorted(data.splits)
         self.position = {s: (0, 0) for s in self.sources}
+        self._orders: dict[str, tuple[int, Tensor]] = {}
 
     def _order(self, source: str, epoch: int) -> Tensor:
+        cached = self._orders.get(source)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         generator = torch.Generator().manual_seed(
             self.seed * 1_000_003 + self.sources.index(source) * 10_007 + epoch
         )
-        return torch.randperm(self.data.splits[source]["train"].size, generator=generator)
+        order = torch.randperm(self.data.splits[source]["train"].size, generator=generator)
+        self._orders[source] = (epoch, order)
+        return order
 
     def _indices(self, source: str) -> Tensor:
         epoch, position = self.position[source]
@@ -289,7 +295,7 @@ def trim_labels(labels: Tensor, inputs: Encoded) -> Tensor:
     return labels
 
 
-def eval_batches(split: SplitData, tasks: Sequence[str], batch_size: int):  # noqa: ANN201
+def eval_batches(split: SplitData, tasks: Sequence[str], batch_size: int):
     """Batches of a split, in order: yields (inputs, {task: labels})."""
     for start in range(0, split.size, batch_size):
         indices = torch.arange(start, min(start + batch_size, split.size))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -57,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu or cuda") from None
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda") from None
 
 
 def build_method(registry: Any, field: str, name: str, **options: Any) -> Any:
@@ -78,10 +79,8 @@ class _StopRequest:
 
     def __enter__(self) -> _StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -147,6 +146,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.balancer.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
         self.shared_params = self.model.shared_parameters()
+        self._task_params: dict[tuple[str, ...], list[torch.nn.Parameter]] = {}
         self.step = 0
         self.best: dict[str, Any] = {"score": -math.inf, "step": None, "reference": None,
                                      "stale": 0, "validation": None}
@@ -232,7 +232,7 @@ class Trainer:
             features = self.model.representation if self.balancer.supports_features else None
             weights = self.balancer.backward(
                 scaled, self.shared_params, features=features,
-                task_params=self.model.all_task_parameters(list(losses)))
+                task_params=self._params_of(tuple(losses)))
             logged.update({f"loss/{t}": v.item() for t, v in losses.items()})
             logged.update({f"weight/{t}": w for t, w in weights.items()})
         if skipped and train.grad_accum == 1:
@@ -248,6 +248,11 @@ class Trainer:
         self.balancer.after_step(lambda: self._recompute(last_batch))
         logged["lr"] = self.scheduler.get_last_lr()[0]
         return logged
+
+    def _params_of(self, tasks: tuple[str, ...]) -> list[torch.nn.Parameter]:
+        if tasks not in self._task_params:
+            self._task_params[tasks] = self.model.all_task_parameters(list(tasks))
+        return self._task_params[tasks]
 
     @torch.no_grad()
     def _recompute(self, batch: Mapping[str, tuple[Encoded, Tensor]]) -> dict[str, Tensor]:

@@ -1,0 +1,70 @@
+"""The factored Gramian path agrees with the explicit Jacobian on varied architectures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from polytask.balance.gramian import TaskGradients, find_linear_layers
+from polytask.balance.jacobian import task_jacobian
+
+from .helpers import flat_grads
+
+
+class Net(nn.Module):
+    def __init__(self, kind: str, d_in: int, width: int, tasks: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        self.a = nn.Linear(d_in, width, bias=kind != "nobias")
+        self.b = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.heads = nn.ModuleList(nn.Linear(width, 1) for _ in range(tasks))
+
+    def shared(self) -> list[nn.Parameter]:
+        return [*self.a.parameters(), *self.b.parameters(), *self.norm.parameters()]
+
+    def losses(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        h = torch.tanh(self.b(h))
+        if self.kind == "tied":
+            h = torch.tanh(self.b(h))  # the same layer twice: must not be factored
+        h = self.norm(h)
+        return torch.stack([(head(h) ** 2).mean() for head in self.heads])
+
+
+CASES = [  # kind, input shape, d_in, width, layers expected to be factored
+    ("plain", (6, 40), 40, 30, 2),  # d_in > B: kernel path
+    ("plain", (50, 4), 4, 8, 2),  # d_in < B: explicit path
+    ("nobias", (6, 40), 40, 30, 2),
+    ("tied", (6, 40), 40, 30, 1),
+    ("plain", (3, 5, 40), 40, 30, 2),  # 3-D input (tokens)
+]
+
+
+@pytest.mark.parametrize(("kind", "shape", "d_in", "width", "factored"), CASES)
+def test_gramian_and_update_match_the_jacobian(
+    kind: str, shape: tuple[int, ...], d_in: int, width: int, factored: int
+) -> None:
+    net = Net(kind, d_in, width, tasks=3)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    losses = net.losses(x)
+    params = net.shared()
+    assert len(find_linear_layers(losses, params)) == factored
+    jacobian = task_jacobian(losses, params)
+    grads = TaskGradients(losses, params)
+    assert torch.allclose(grads.gramian(), jacobian @ jacobian.T, rtol=1e-4, atol=1e-6)
+    w = torch.tensor([0.3, -1.0, 2.0])
+    grads.accumulate(w)
+    assert torch.allclose(flat_grads(params), w @ jacobian, rtol=1e-4, atol=1e-6)
+
+
+def test_parameters_outside_the_list_are_not_factored() -> None:
+    net = Net("plain", 40, 30, tasks=2)
+    losses = net.losses(torch.randn(6, 40))
+    only_b = [net.b.weight]  # b's bias is not a shared parameter here
+    assert find_linear_layers(losses, only_b) == []
+    grads = TaskGradients(losses, only_b)
+    jacobian = task_jacobian(losses, only_b)
+    assert torch.allclose(grads.gramian(), jacobian @ jacobian.T, rtol=1e-4, atol=1e-6)

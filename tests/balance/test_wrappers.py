@@ -1,0 +1,128 @@
+"""Wrappers: representation-level gradients, update_every, sparse training, per-task SAM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import polytask.balance as balance
+from polytask.balance.base import GradientAggregator
+from polytask.balance.jacobian import task_jacobian
+
+from .helpers import TinyMultiTask, batch, flat_grads
+
+NAMES = ["t0", "t1", "t2"]
+FEATURE_METHODS = [
+    n for n in balance.names()
+    if issubclass(balance.BALANCERS.get(n), GradientAggregator)
+    and balance.BALANCERS.get(n).supports_features
+]
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_representation_level_runs_for_every_capable_method(name: str) -> None:
+    model = TinyMultiTask()
+    losses, features = model.losses(*batch())
+    b = balance.get(name, representation=True)
+    b.setup(NAMES)
+    b.backward(losses, model.shared(), features, model.task_params())
+    assert torch.isfinite(flat_grads(model.shared())).all()
+    assert flat_grads(model.shared()).abs().sum() > 0
+
+
+def test_mgda_ub_is_the_weighted_sum_with_feature_gramian_weights() -> None:
+    model = TinyMultiTask()
+    x, y = batch()
+    losses, features = model.losses(x, y)
+    b = balance.get("mgda", representation=True)
+    weights = b.backward(losses, model.shared(), features, model.task_params())
+    got = flat_grads(model.shared())
+    model.zero_grad()
+    losses, features = model.losses(x, y)
+    vector = torch.stack([losses[n] for n in NAMES])
+    jf = task_jacobian(vector, [features])
+    w = balance.get("mgda").weights(jf @ jf.T)
+    assert [weights[n] for n in NAMES] == pytest.approx(w.tolist())
+    expected = torch.autograd.grad((w * vector).sum(), model.shared())
+    assert torch.allclose(got, torch.cat([g.flatten() for g in expected]), rtol=1e-5, atol=1e-7)
+
+
+def test_representation_errors() -> None:
+    with pytest.raises(ValueError, match="aggregator"):
+        balance.get("ew", representation=True)
+    with pytest.raises(ValueError, match="aggregator"):
+        balance.get("m_config", representation=True)
+    model = TinyMultiTask()
+    losses, _ = model.losses(*batch())
+    with pytest.raises(ValueError, match="features"):
+        balance.get("mgda", representation=True).backward(losses, model.shared())
+
+
+def test_update_every_reuses_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = balance.get("nash_mtl", update_every=3)
+    b.setup(NAMES)
+    calls = []
+    inner = b.inner  # type: ignore[attr-defined]
+    original = inner.weights
+    monkeypatch.setattr(inner, "weights", lambda g: calls.append(1) or original(g))
+    model = TinyMultiTask()
+    seen = []
+    for step in range(4):
+        model.zero_grad()
+        losses, features = model.losses(*batch(seed=step))
+        seen.append(b.backward(losses, model.shared(), features, model.task_params()))
+        losses, _ = model.losses(*batch(seed=step))
+        vector = torch.stack([losses[n] for n in NAMES])
+        w = torch.tensor([seen[-1][n] for n in NAMES])
+        expected = torch.autograd.grad((w * vector).sum(), model.shared())
+        expected_flat = torch.cat([g.flatten() for g in expected])
+        assert torch.allclose(flat_grads(model.shared()), expected_flat, rtol=1e-5, atol=1e-7)
+    assert len(calls) == 2
+    assert seen[0] == seen[1] == seen[2] != seen[3]
+    with pytest.raises(ValueError, match="weighted sum"):
+        balance.get("graddrop", update_every=2)
+
+
+def test_sparse_updates_only_the_chosen_entries() -> None:
+    model = TinyMultiTask()
+    b = balance.get("pcgrad", sparse=0.25)
+    b.setup(NAMES)
+    masks = []
+    for step in range(2):
+        model.zero_grad()
+        losses, features = model.losses(*batch(seed=step))
+        b.backward(losses, model.shared(), features, model.task_params())
+        grads = flat_grads(model.shared())
+        masks.append(grads != 0)
+        assert int(masks[-1].sum()) <= -(-grads.numel() // 4)
+    assert torch.equal(masks[0] | masks[1], b.mask)  # type: ignore[attr-defined]
+    restored = balance.get("pcgrad", sparse=0.25)
+    restored.load_state_dict(b.state_dict())
+    assert torch.equal(restored.mask, b.mask)  # type: ignore[attr-defined]
+
+
+def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:
+    model = TinyMultiTask()
+    x, y = batch()
+    before = [p.detach().clone() for p in model.shared()]
+    b = balance.get("upgrad", sam_rho=0.05)
+    losses, features = model.losses(x, y)
+    with pytest.raises(RuntimeError, match="set_closure"):
+        b.backward(losses, model.shared(), features, model.task_params())
+    model.zero_grad()
+    b.set_closure(lambda: model.losses(x, y)[0])  # type: ignore[attr-defined]
+    b.backward(losses, model.shared(), features, model.task_params())
+    sam = flat_grads(model.shared())
+    assert all(torch.equal(p, q) for p, q in zip(model.shared(), before, strict=True))
+    model.zero_grad()
+    losses, features = model.losses(x, y)
+    balance.get("upgrad").backward(losses, model.shared(), features, model.task_params())
+    plain = flat_grads(model.shared())
+    assert torch.isfinite(sam).all() and not torch.allclose(sam, plain)
+    # as rho -> 0 the flat gradients tend to the plain ones
+    model.zero_grad()
+    tiny = balance.get("upgrad", sam_rho=1e-6)
+    tiny.set_closure(lambda: model.losses(x, y)[0])  # type: ignore[attr-defined]
+    losses, features = model.losses(x, y)
+    tiny.backward(losses, model.shared(), features, model.task_params())
+    assert torch.allclose(flat_grads(model.shared()), plain, rtol=1e-3, atol=1e-5)
