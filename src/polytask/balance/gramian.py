@@ -89,10 +89,9 @@ def find_linear_layers(losses: Tensor, params: Sequence[Tensor]) -> list[_Linear
             continue
         bias = None
         if mat1 == 1:
-            bias_node = node.next_functions[0][0]
-            bias = _leaf(bias_node, consumers, owned)
-            if bias_node is not None and bias is None:
-                continue  # a bias that is not a shared parameter: not representable here
+            # None when the bias is no parameter of ours (or is used elsewhere: then it is
+            # handled with the other parameters); W's gradient does not depend on it.
+            bias = _leaf(node.next_functions[0][0], consumers, owned)
         inputs = getattr(node, saved)
         if inputs is None or inputs.dim() != 2:
             continue

@@ -63,3 +63,17 @@ def task_jacobian(losses: Tensor, params: Sequence[Tensor]) -> Tensor:
         ],
         dim=1,
     )
+
+
+def feature_jacobian(losses: Sequence[Tensor], features: Tensor) -> Tensor:
+    """The T x (numel of features) Jacobian of the losses w.r.t. the shared representation.
+
+    One plain backward per task: past the shared representation each loss reaches only its
+    own head, so T small backward passes cost far less than one batched backward of the
+    stacked losses (which would push T rows, all but one zero, through every head).
+    """
+    rows = []
+    for loss in losses:
+        (grad,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
+        rows.append(torch.zeros_like(features).flatten() if grad is None else grad.flatten())
+    return torch.stack(rows)

@@ -151,12 +151,13 @@ def load_source(name: str, data: Any, seed: int, validation_fraction: float,
     frames = {s: _apply_spec(f, spec, s) for s, f in _name_splits(raw, spec, where).items()}
     carved = []
     rng = np.random.default_rng(seed)
+    total = len(frames["train"])  # both fractions are shares of the original train split
     for split, fraction in (("test", test_fraction), ("validation", validation_fraction)):
         if split in frames:
             continue
         train = frames["train"]
         order = rng.permutation(len(train))
-        n = max(1, round(len(train) * fraction))
+        n = max(1, round(total * fraction))
         if len(train) - n < 1:
             raise DataError(f"{where}: the training split has {len(train)} row(s), too few to "
                             f"carve a {split} split; provide one")

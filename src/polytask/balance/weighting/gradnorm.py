@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.balance.base import BALANCERS, Balancer, stack_losses
-from polytask.balance.jacobian import task_jacobian
+from polytask.balance.gramian import TaskGradients
 
 
 @BALANCERS.register(
@@ -58,7 +58,8 @@ class GradNorm(Balancer):
         trainable = [p for p in shared_params if p.requires_grad]
         matrices = [p for p in trainable if p.dim() >= 2]
         layer = (matrices or trainable)[-1]
-        norms = task_jacobian(vector, [layer]).norm(dim=1).to(self.task_weights.dtype)
+        gramian = TaskGradients(vector, [layer]).gramian()
+        norms = gramian.diagonal().clamp_min(0).sqrt().to(self.task_weights.dtype)
         if self.initial is None:
             self.initial = vector.detach().clone()
         rate = vector.detach() / self.initial

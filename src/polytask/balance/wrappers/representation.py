@@ -16,15 +16,15 @@ from polytask.balance.base import (
     backward_task_specific,
     stack_losses,
 )
-from polytask.balance.jacobian import task_jacobian
+from polytask.balance.jacobian import feature_jacobian
 from polytask.balance.wrappers.base import BalancerWrapper, gramian_weights, require_aggregator
 
 
 class Representation(BalancerWrapper):
     """Runs the aggregator on the per-task gradients w.r.t. the shared representation
     (`features`, B x D) instead of the shared parameters, then back-propagates the
-    aggregated feature gradient through the trunk: one batched backward through the heads
-    plus one ordinary backward. For a Gramian method this is exactly the weighted loss sum
+    aggregated feature gradient through the trunk: T small backward passes through the
+    heads plus one ordinary backward. For a Gramian method this is exactly the weighted loss sum
     with weights from the feature Gramian (MGDA-UB when the method is MGDA).
 
     Only for methods with `supports_features`; weightings (which ignore gradients) and
@@ -56,7 +56,7 @@ class Representation(BalancerWrapper):
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        jacobian = task_jacobian(vector, [features])
+        jacobian = feature_jacobian([losses[n] for n in names], features)
         update, weights = gramian_weights(self.aggregator, jacobian)
         torch.autograd.backward(
             features, grad_tensors=update.view_as(features), inputs=params, retain_graph=True
