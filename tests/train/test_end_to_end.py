@@ -151,3 +151,26 @@ def test_methods_lists_every_family_with_papers() -> None:
     names = {e["name"] for e in entries}
     assert {"all", "temperature", "annealed", "ew", "uw", "pcgrad", "hard_sharing"} <= names
     assert all(e["paper"] for e in entries)
+
+
+def test_balancer_wrappers_work_through_the_trainer(tmp_path: Path, tabular_file: Path) -> None:
+    """Wrappers are hyperparameters of the balancer section: per-task SAM gets the trainer's
+    closure, representation-level MGDA gets the shared features."""
+    for i, balancer in enumerate(["{name: pcgrad, sam_rho: 0.05}",
+                                  "{name: mgda, representation: true}",
+                                  "{name: nash_mtl, update_every: 3}"]):
+        config = _write(tmp_path / f"c{i}.yaml", tabular_config(tabular_file, max_steps=12))
+        result = runner.invoke(app, ["train", str(config), "--run-dir", str(tmp_path / f"r{i}"),
+                                     "--set", f"balancer={balancer}"])
+        assert result.exit_code == 0, result.output
+        results = json.loads((tmp_path / f"r{i}" / "results.json").read_text())
+        assert all(isinstance(t["value"], float) for t in results["tasks"].values())
+
+
+def test_bad_balancer_hyperparameter_is_a_config_error(tmp_path: Path,
+                                                       tabular_file: Path) -> None:
+    config = _write(tmp_path / "c.yaml", tabular_config(tabular_file))
+    result = runner.invoke(app, ["train", str(config), "--run-dir", str(tmp_path / "r"),
+                                 "--set", "balancer={name: cagrad, cc: 0.4}"])
+    assert result.exit_code == 2
+    assert "balancer: bad hyperparameters for 'cagrad'" in " ".join(result.output.split())

@@ -85,6 +85,12 @@ class Balancer(ABC):
     ) -> dict[str, float]:
         """Accumulate the balanced update into `.grad`; return the task weights applied."""
 
+    def set_closure(self, closure: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Receive, before each `backward`, a function that re-evaluates the current batch's
+        losses with gradients (for methods that probe perturbed weights, such as per-task
+        SAM). Default: ignored."""
+        del closure
+
     def after_step(self, recompute_losses: Callable[[], Mapping[str, Tensor]]) -> None:
         """Hook run after the optimizer step; `recompute_losses()` re-evaluates the same batch
         without gradients (used by methods such as FAMO). Default: nothing."""

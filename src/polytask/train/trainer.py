@@ -18,7 +18,8 @@ import yaml
 from rich.console import Console
 from torch import Tensor
 
-from polytask.balance import BALANCERS, Balancer
+from polytask import balance
+from polytask.balance import Balancer
 from polytask.config import RunConfig
 from polytask.errors import ConfigError, TrainingError
 from polytask.evaluate.evaluation import evaluate, primary, selection_score
@@ -61,13 +62,24 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda") from None
 
 
-def build_method(registry: Any, field: str, name: str, **options: Any) -> Any:
+def build_method(factory: Any, field: str, name: str, **options: Any) -> Any:
+    """`factory.get(name, **options)`, with bad hyperparameters reported as config errors."""
     try:
-        return registry.get(name)(**options)
+        return factory.get(name, **options)
     except TypeError as error:
         raise ConfigError(f"{field}: bad hyperparameters for {name!r}: {error}") from None
     except ValueError as error:
         raise ConfigError(f"{field}: {error}") from None
+
+
+class _Constructor:
+    """A registry seen as a factory: `get(name, **options)` builds the entry."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def get(self, name: str, **options: Any) -> Any:
+        return self.registry.get(name)(**options)
 
 
 class _StopRequest:
@@ -136,12 +148,12 @@ class Trainer:
         self.model.to(self.device)
         self.task_names = [t.name for t in self.data.tasks]
         self.balancer: Balancer = build_method(
-            BALANCERS, "balancer", self.config.balancer.name, **self.config.balancer.options)
+            balance, "balancer", self.config.balancer.name, **self.config.balancer.options)
         self.balancer.setup(self.task_names)
         self.sampler: Sampler = build_method(
-            SAMPLERS, "sampler", self.config.sampler.name, sizes=self.data.train_sizes(),
-            total_steps=train.max_steps * train.grad_accum, seed=train.seed,
-            **self.config.sampler.options)
+            _Constructor(SAMPLERS), "sampler", self.config.sampler.name,
+            sizes=self.data.train_sizes(), total_steps=train.max_steps * train.grad_accum,
+            seed=train.seed, **self.config.sampler.options)
         self.stream = BatchStream(self.data, train.batch_size, train.seed)
         self.optimizer = build_optimizer(self.model, self.balancer.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
@@ -229,6 +241,8 @@ class Trainer:
                 (auxiliary * self.config.model.auxiliary_loss_weight / train.grad_accum
                  ).backward(retain_graph=True)
                 logged["auxiliary_loss"] = auxiliary.item()
+            self.balancer.set_closure(lambda b=batch: {
+                t: v / train.grad_accum for t, v in self._forward(b).items()})
             features = self.model.representation if self.balancer.supports_features else None
             weights = self.balancer.backward(
                 scaled, self.shared_params, features=features,
