@@ -61,9 +61,14 @@ class TaskKind(ABC):
         """Label tensor for every row of `frame` (missing labels masked)."""
 
     @property
-    @abstractmethod
     def num_outputs(self) -> int:
-        """Width of the head's output."""
+        """Width of the head's output: one per label unless the kind says otherwise."""
+        assert self.label_names is not None
+        return len(self.label_names)
+
+    def _label_index(self) -> dict[str, int]:
+        assert self.label_names is not None
+        return {name: i for i, name in enumerate(self.label_names)}
 
     def state(self) -> dict[str, Any]:
         """What must be saved with a model to decode its predictions."""
@@ -123,6 +128,13 @@ def _masked_zero(outputs: Tensor) -> Tensor:
     return outputs.sum() * 0.0
 
 
+def _masked_cross_entropy(outputs: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy over the labelled positions (rows or tokens); IGNORE is skipped."""
+    if bool((labels == IGNORE).all()):
+        return _masked_zero(outputs)
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+
+
 @TASK_KINDS.register("classification", paper="Single-label classification (cross-entropy)")
 class Classification(TaskKind):
     """One label per row out of C classes; softmax cross-entropy."""
@@ -141,14 +153,8 @@ class Classification(TaskKind):
                 f"{self.label_names}. Check the label column or list `labels`."
             )
 
-    @property
-    def num_outputs(self) -> int:
-        assert self.label_names is not None
-        return len(self.label_names)
-
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
-        assert self.label_names is not None
-        index = {name: i for i, name in enumerate(self.label_names)}
+        index = self._label_index()
         ids = []
         for value in self._column(frame).tolist():
             if _is_missing(value):
@@ -161,9 +167,7 @@ class Classification(TaskKind):
         return torch.tensor(ids, dtype=torch.long)
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        if bool((labels == IGNORE).all()):
-            return _masked_zero(outputs)
-        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+        return _masked_cross_entropy(outputs, labels)
 
     def predict(self, outputs: Tensor) -> Tensor:
         return outputs.argmax(dim=-1)
@@ -216,14 +220,8 @@ class MultiLabel(TaskKind):
             names = set().union(*(s for s in self._row_sets(train) if s is not None))
             self.label_names = sorted(names)
 
-    @property
-    def num_outputs(self) -> int:
-        assert self.label_names is not None
-        return len(self.label_names)
-
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
-        assert self.label_names is not None
-        index = {name: i for i, name in enumerate(self.label_names)}
+        index = self._label_index()
         out = torch.zeros(len(frame), self.num_outputs)
         for row, labels in enumerate(self._row_sets(frame)):
             if labels is None:
@@ -331,15 +329,9 @@ class TokenClassification(TaskKind):
             tags = [t for row in self._column(train).tolist() if not _is_missing(row) for t in row]
             self.label_names = self._names_from(tags)
 
-    @property
-    def num_outputs(self) -> int:
-        assert self.label_names is not None
-        return len(self.label_names)
-
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
         """Word-level tag ids padded with IGNORE; the data layer aligns them to sub-words."""
-        assert self.label_names is not None
-        index = {name: i for i, name in enumerate(self.label_names)}
+        index = self._label_index()
         rows = [None if _is_missing(r) else r for r in self._column(frame).tolist()]
         width = max((len(r) for r in rows if r is not None), default=0)
         out = torch.full((len(rows), max(width, 1)), IGNORE, dtype=torch.long)
@@ -352,9 +344,7 @@ class TokenClassification(TaskKind):
         return out
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        if bool((labels == IGNORE).all()):
-            return _masked_zero(outputs)
-        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+        return _masked_cross_entropy(outputs, labels)
 
     def predict(self, outputs: Tensor) -> Tensor:
         return outputs.argmax(dim=-1)
