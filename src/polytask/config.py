@@ -124,6 +124,11 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's.")
     progress: bool = Field(True, description="Show a progress bar.")
+    callbacks: list[str] = Field(
+        default_factory=list,
+        description="Callbacks run alongside metrics.jsonl, e.g. [report, tensorboard, "
+        "mlflow]; `polytask methods` lists them.",
+    )
     nan_policy: Literal["stop", "skip"] = Field(
         "stop", description="On a NaN/inf loss: stop (keeping the last checkpoint) or skip "
         "the batch."

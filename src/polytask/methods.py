@@ -7,7 +7,9 @@ from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import MethodInfo
 from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.sampling import SAMPLERS
+from polytask.train.callbacks import CALLBACKS
 
 
 def all_methods() -> list[MethodInfo]:
-    return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *TASK_KINDS.info()]
+    return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *TASK_KINDS.info(),
+            *CALLBACKS.info()]

@@ -112,6 +112,10 @@ def test_baselines_auto_gives_delta_m_and_is_cached(tmp_path: Path, tabular_file
                                  "--set", "balancer=pcgrad"])
     assert second.exit_code == 0, second.output
     assert sorted((tmp_path / "baselines").iterdir()) == baselines  # reused, not retrained
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in lines]
+    cosines = [r for r in log if "cosine/up/size" in r]
+    assert cosines and all(-1.0 <= r["cosine/up/size"] <= 1.0 for r in cosines)
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert [t["baseline"] for t in again["tasks"].values()] == [
         t["baseline"] for t in results["tasks"].values()]

@@ -54,6 +54,11 @@ class Balancer(ABC):
 
     def __init__(self) -> None:
         self.task_names: list[str] = []
+        #: Set by the caller before a `backward` whose task-gradient Gramian it wants to see
+        #: (e.g. to log gradient conflicts); methods that see per-task gradients then leave
+        #: the T x T Gramian in `last_gramian` (else None). Gramian methods always do.
+        self.record_gramian = False
+        self.last_gramian: Tensor | None = None
 
     def setup(self, task_names: Sequence[str]) -> None:
         """Called once with the run's task names before training (and before `parameters`)."""
@@ -203,6 +208,7 @@ class GradientAggregator(Balancer):
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
         jacobian = task_jacobian(vector, params)
+        self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         accumulate_flat(params, self.aggregate(jacobian))
         return {}
 
@@ -234,7 +240,9 @@ class GramianAggregator(GradientAggregator):
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
         gradients = TaskGradients(vector, params)
-        w = self.weights(gradients.gramian()).to(vector.dtype)
+        gramian = gradients.gramian()
+        self.last_gramian = gramian.detach()
+        w = self.weights(gramian).to(vector.dtype)
         gradients.accumulate(w.detach())
         return dict(zip(names, w.tolist(), strict=True))
 

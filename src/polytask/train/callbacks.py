@@ -1,4 +1,9 @@
-"""What a run shows and records while it trains: metrics.jsonl and a progress bar."""
+"""What a run shows and records while it trains: metrics.jsonl, a progress bar, and
+pluggable callbacks (loggers such as TensorBoard or MLflow, the end-of-run report).
+
+A callback is registered in `CALLBACKS` and named in the config (`train.callbacks`); the
+trainer calls `on_start` once, `on_log` with every record it writes to metrics.jsonl, and
+`on_end` with the results once the run is finished."""
 
 from __future__ import annotations
 
@@ -9,6 +14,26 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from polytask.registry import Registry
+
+
+class Callback:
+    """Hooks into a run. Records use stable names: `loss/<task>`, `weight/<task>`, `lr`,
+    `cosine/<task>/<task>` (train), `<task>/<metric>` (validation and test), with `step`
+    and `split` keys."""
+
+    def on_start(self, run_dir: Path, config: Mapping[str, Any]) -> None:
+        """The run starts (or resumes) writing into `run_dir`."""
+
+    def on_log(self, record: Mapping[str, Any]) -> None:
+        """A record was appended to metrics.jsonl."""
+
+    def on_end(self, run_dir: Path, results: Mapping[str, Any]) -> None:
+        """The run finished and wrote `results`."""
+
+
+CALLBACKS: Registry[type[Callback]] = Registry("callback")
 
 
 class MetricsLog:

@@ -28,7 +28,7 @@ from polytask.pipeline import prepare
 from polytask.tasks.data import BatchStream
 from polytask.tasks.sampling import SAMPLERS, Sampler
 from polytask.train import checkpoint
-from polytask.train.callbacks import MetricsLog, ProgressDisplay
+from polytask.train.callbacks import CALLBACKS, Callback, MetricsLog, ProgressDisplay
 from polytask.train.results import build_results, save_model, write_json
 from polytask.train.schedule import build_optimizer, build_scheduler
 
@@ -70,6 +70,14 @@ def build_method(factory: Any, field: str, name: str, **options: Any) -> Any:
         raise ConfigError(f"{field}: bad hyperparameters for {name!r}: {error}") from None
     except ValueError as error:
         raise ConfigError(f"{field}: {error}") from None
+
+
+def gradient_cosines(names: list[str], gramian: Tensor) -> dict[str, float]:
+    """Pairwise cosine similarity of the task gradients, from their Gramian."""
+    norms = gramian.diagonal().clamp(min=0).sqrt()
+    cosines = gramian / (norms[:, None] * norms[None, :]).clamp(min=1e-30)
+    return {f"cosine/{a}/{b}": float(cosines[i, j])
+            for i, a in enumerate(names) for j, b in enumerate(names) if i < j}
 
 
 class _Constructor:
@@ -155,6 +163,9 @@ class Trainer:
             sizes=self.data.train_sizes(), total_steps=train.max_steps * train.grad_accum,
             seed=train.seed, **self.config.sampler.options)
         self.stream = BatchStream(self.data, train.batch_size, train.seed)
+        self.callbacks: list[Callback] = [
+            build_method(_Constructor(CALLBACKS), "train.callbacks", name)
+            for name in train.callbacks]
         self.optimizer = build_optimizer(self.model, self.balancer.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
         self.shared_params = self.model.shared_parameters()
@@ -209,6 +220,11 @@ class Trainer:
         return {t: self.data.kinds[t].loss(outputs[t], batch[t][1].to(self.device))
                 for t in batch}
 
+    def _record(self, record: dict[str, Any]) -> None:
+        self.log.write(record)
+        for callback in self.callbacks:
+            callback.on_log(record)
+
     def _check_finite(self, losses: Mapping[str, Tensor]) -> bool:
         bad = [t for t, v in losses.items() if not bool(torch.isfinite(v))]
         if not bad:
@@ -244,9 +260,12 @@ class Trainer:
             self.balancer.set_closure(lambda b=batch: {
                 t: v / train.grad_accum for t, v in self._forward(b).items()})
             features = self.model.representation if self.balancer.supports_features else None
+            self.balancer.record_gramian = (self.step + 1) % train.log_every == 0
             weights = self.balancer.backward(
                 scaled, self.shared_params, features=features,
                 task_params=self._params_of(tuple(losses)))
+            if self.balancer.record_gramian and self.balancer.last_gramian is not None:
+                logged.update(gradient_cosines(list(losses), self.balancer.last_gramian))
             logged.update({f"loss/{t}": v.item() for t, v in losses.items()})
             logged.update({f"weight/{t}": w for t, w in weights.items()})
         if skipped and train.grad_accum == 1:
@@ -281,7 +300,7 @@ class Trainer:
         if self.best["reference"] is None:
             self.best["reference"] = values
         score = selection_score(values, self.best["reference"], self.data)
-        self.log.write({"step": self.step, "split": "validation", "score": score,
+        self._record({"step": self.step, "split": "validation", "score": score,
                         **{f"{t}/{m}": v for t, ms in metrics.items() for m, v in ms.items()}})
         if score > self.best["score"]:
             self.best.update(score=score, step=self.step, stale=0, validation=metrics)
@@ -299,6 +318,8 @@ class Trainer:
         self._setup()
         self._write_start()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.resume)
+        for callback in self.callbacks:
+            callback.on_start(self.run_dir, self.config.dump())
         if self.resume:
             self._restore()
         train = self.config.train
@@ -313,7 +334,7 @@ class Trainer:
                 step_times.append(time.perf_counter() - tick)
                 self.step += 1
                 if self.step % train.log_every == 0 or self.step == train.max_steps:
-                    self.log.write({"step": self.step, "split": "train", **logged})
+                    self._record({"step": self.step, "split": "train", **logged})
                 bar.update(self.step, {k: v for k, v in logged.items() if k.startswith("loss/")})
                 if self.step % train.eval_every == 0 or self.step == train.max_steps:
                     stopped_early = self._evaluate()
@@ -336,8 +357,10 @@ class Trainer:
                                 self.baselines, stopped_early,
                                 wall_time=time.perf_counter() - started,
                                 step_time=float(np.median(step_times)) if step_times else None)
-        self.log.write({"step": self.step, "split": "test",
+        self._record({"step": self.step, "split": "test",
                         **{f"{t}/{m}": v for t, ms in test.items() for m, v in ms.items()}})
         self.log.close()
         write_json(self.run_dir / "results.json", results)
+        for callback in self.callbacks:
+            callback.on_end(self.run_dir, results)
         return results

@@ -14,10 +14,26 @@ class BalancerWrapper(Balancer):
     """A balancer that modifies how `inner` is applied; state and hooks pass through."""
 
     def __init__(self, inner: Balancer) -> None:
-        super().__init__()
         self.inner = inner
+        super().__init__()
         self.needs_all_tasks = inner.needs_all_tasks  # type: ignore[misc]
         self.supports_features = inner.supports_features  # type: ignore[misc]
+
+    @property  # type: ignore[override]
+    def record_gramian(self) -> bool:
+        return self.inner.record_gramian
+
+    @record_gramian.setter
+    def record_gramian(self, value: bool) -> None:
+        self.inner.record_gramian = value
+
+    @property  # type: ignore[override]
+    def last_gramian(self) -> Tensor | None:
+        return self.inner.last_gramian
+
+    @last_gramian.setter
+    def last_gramian(self, value: Tensor | None) -> None:
+        self.inner.last_gramian = value
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
