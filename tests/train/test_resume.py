@@ -128,3 +128,13 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path: Path, tabular_file: 
                       tmp_path / "run").fit()
     assert results["stopped_early"] and results["steps"] < 200
     assert results["best_step"] is not None and results["best_step"] < results["steps"]
+
+
+@pytest.mark.parametrize("balancer", ["uw", "pcgrad", "mgda"])
+def test_bf16_autocast_with_accumulation_and_balancers(tmp_path: Path, tabular_file: Path,
+                                                       balancer: str) -> None:
+    config = load_config(tabular_config(tabular_file, precision="bf16", grad_accum=2),
+                         [f"balancer={balancer}"])
+    results = Trainer(config, tmp_path / "run").fit()
+    assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "run").values())
+    assert results["tasks"]["size"]["metrics"]["pearson"] > 0.6

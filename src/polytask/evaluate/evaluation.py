@@ -12,6 +12,7 @@ from polytask.evaluate.delta import relative_change
 from polytask.models.model import MultiTaskModel
 from polytask.tasks.data import PreparedData, eval_batches
 from polytask.tasks.kinds import IGNORE
+from polytask.train.distributed import World
 
 
 def _concat(parts: list[Tensor], fill: float) -> Tensor:
@@ -25,14 +26,17 @@ def _concat(parts: list[Tensor], fill: float) -> Tensor:
 @torch.no_grad()
 def predict_split(model: MultiTaskModel, data: PreparedData, split: str, batch_size: int,
                   device: torch.device, tasks: Sequence[str] | None = None,
-                  ) -> dict[str, tuple[Tensor, Tensor]]:
-    """`{task: (predictions, labels)}` over a whole split (one backbone pass per batch)."""
+                  world: World | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """`{task: (predictions, labels)}` over a whole split (one backbone pass per batch).
+    Under torchrun each rank predicts its share of the rows and the shares are gathered."""
+    world = world or World()
     was_training = model.training
     model.eval()
     names = list(tasks or [t.name for t in data.tasks])
     collected: dict[str, tuple[list[Tensor], list[Tensor]]] = {t: ([], []) for t in names}
     for source, readers in data.sources_of(names).items():
-        for inputs, labels in eval_batches(data.splits[source][split], readers, batch_size):
+        rows = data.splits[source][split]
+        for inputs, labels in eval_batches(rows, readers, batch_size, world.shard(rows.size)):
             on_device = {k: v.to(device) for k, v in inputs.items()}
             outputs = model({t: on_device for t in readers})
             for task in readers:
@@ -40,13 +44,18 @@ def predict_split(model: MultiTaskModel, data: PreparedData, split: str, batch_s
                 collected[task][0].append(prediction)
                 collected[task][1].append(labels[task])
     model.train(was_training)
+    if world.distributed:
+        shares = world.gather(collected)
+        collected = {t: ([p for s in shares for p in s[t][0]], [lab for s in shares
+                                                               for lab in s[t][1]])
+                     for t in collected}
     return {t: (_concat(p, 0), _concat(lab, IGNORE)) for t, (p, lab) in collected.items()}
 
 
 def evaluate(model: MultiTaskModel, data: PreparedData, split: str, batch_size: int,
-             device: torch.device) -> dict[str, dict[str, float]]:
+             device: torch.device, world: World | None = None) -> dict[str, dict[str, float]]:
     """Every metric of every task on `split`."""
-    results = predict_split(model, data, split, batch_size, device)
+    results = predict_split(model, data, split, batch_size, device, world=world)
     return {t: data.kinds[t].metrics(p, lab) for t, (p, lab) in results.items()}
 
 

@@ -39,24 +39,38 @@ CALLBACKS: Registry[type[Callback]] = Registry("callback")
 class MetricsLog:
     """Append-only JSON lines, one per logged event (train losses, evaluations)."""
 
-    def __init__(self, path: Path, append: bool = False) -> None:
+    def __init__(self, path: Path, append: bool = False, enabled: bool = True) -> None:
         self.path = path
-        self.handle = path.open("a" if append else "w")
+        self.enabled = enabled  # False on every process but the first under torchrun
+        self.handle = path.open("a" if append else "w") if enabled else None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        if self.handle is not None:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
 
     def truncate_after(self, step: int) -> None:
         """Drop records logged after `step` (a resumed run re-logs them identically)."""
+        if self.handle is None:
+            return
         self.handle.close()
         kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+                if _complete(line) and json.loads(line).get("step", 0) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
         self.handle = self.path.open("a")
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _complete(line: str) -> bool:
+    """False for a blank line or one cut short by a crash mid-write."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return bool(line.strip())
 
 
 class ProgressDisplay:
@@ -81,3 +95,8 @@ class ProgressDisplay:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+
+# The built-in callbacks (report, tensorboard, mlflow) register themselves on import; they
+# import their heavy dependencies only when used.
+from polytask.train import loggers  # noqa: E402, F401

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule: AdamW with warmup then linear/cosine decay."""
+"""Optimizer and learning-rate schedule: AdamW (or SGD) with warmup then linear/cosine
+decay."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from polytask.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, method_params: Sequence[nn.Parameter],
-                    train: TrainConfig) -> optim.AdamW:
-    """AdamW; biases, norms and the balancer's own parameters get no weight decay."""
+                    train: TrainConfig) -> optim.Optimizer:
+    """AdamW or SGD; biases, norms and the balancer's own parameters get no weight decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -21,7 +22,10 @@ def build_optimizer(model: nn.Module, method_params: Sequence[nn.Parameter],
               {"params": no_decay, "weight_decay": 0.0}]
     if method_params:
         groups.append({"params": list(method_params), "weight_decay": 0.0})
-    return optim.AdamW([g for g in groups if g["params"]], lr=train.lr)
+    groups = [g for g in groups if g["params"]]
+    if train.optimizer == "sgd":
+        return optim.SGD(groups, lr=train.lr, momentum=0.9)
+    return optim.AdamW(groups, lr=train.lr)
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:

@@ -29,6 +29,7 @@ from polytask.tasks.data import BatchStream
 from polytask.tasks.sampling import SAMPLERS, Sampler
 from polytask.train import checkpoint
 from polytask.train.callbacks import CALLBACKS, Callback, MetricsLog, ProgressDisplay
+from polytask.train.distributed import DistributedBalancer, init_world
 from polytask.train.results import build_results, save_model, write_json
 from polytask.train.schedule import build_optimizer, build_scheduler
 
@@ -151,21 +152,25 @@ class Trainer:
         if train.threads:
             torch.set_num_threads(train.threads)
         seed_everything(train.seed)
-        self.device = resolve_device(train.device)
+        self.world, self.device = init_world(resolve_device(train.device))
         self.data, self.model, self.encoder, self.backbone_spec = prepare(self.config)
         self.model.to(self.device)
+        self.world.broadcast_module(self.model)
         self.task_names = [t.name for t in self.data.tasks]
         self.balancer: Balancer = build_method(
             balance, "balancer", self.config.balancer.name, **self.config.balancer.options)
+        if self.world.distributed:
+            self.balancer = DistributedBalancer(self.balancer, self.world)
         self.balancer.setup(self.task_names)
         self.sampler: Sampler = build_method(
             _Constructor(SAMPLERS), "sampler", self.config.sampler.name,
             sizes=self.data.train_sizes(), total_steps=train.max_steps * train.grad_accum,
             seed=train.seed, **self.config.sampler.options)
-        self.stream = BatchStream(self.data, train.batch_size, train.seed)
+        self.stream = BatchStream(self.data, train.batch_size, train.seed,
+                                  self.world.rank, self.world.size)
         self.callbacks: list[Callback] = [
             build_method(_Constructor(CALLBACKS), "train.callbacks", name)
-            for name in train.callbacks]
+            for name in train.callbacks] if self.world.is_main else []
         self.optimizer = build_optimizer(self.model, self.balancer.parameters(), train)
         self.scheduler = build_scheduler(self.optimizer, train)
         self.shared_params = self.model.shared_parameters()
@@ -175,6 +180,8 @@ class Trainer:
                                      "stale": 0, "validation": None}
 
     def _write_start(self) -> None:
+        if not self.world.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resume:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.dump(),
@@ -200,6 +207,8 @@ class Trainer:
         self.console.print(f"resumed from step {step}")
 
     def _save_checkpoint(self) -> None:
+        if not self.world.is_main:  # every rank holds the same state
+            return
         state = {"optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
                  "sampler": self.sampler.state_dict(), "stream": self.stream.state_dict(),
@@ -216,9 +225,11 @@ class Trainer:
             if key not in inputs:
                 inputs[key] = {k: v.to(self.device) for k, v in encoded.items()}
             by_task[task] = inputs[key]
-        outputs = self.model(by_task)
-        return {t: self.data.kinds[t].loss(outputs[t], batch[t][1].to(self.device))
-                for t in batch}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.config.train.precision == "bf16"):
+            outputs = self.model(by_task)
+            return {t: self.data.kinds[t].loss(outputs[t].float(),
+                                               batch[t][1].to(self.device)) for t in batch}
 
     def _record(self, record: dict[str, Any]) -> None:
         self.log.write(record)
@@ -227,6 +238,10 @@ class Trainer:
 
     def _check_finite(self, losses: Mapping[str, Tensor]) -> bool:
         bad = [t for t, v in losses.items() if not bool(torch.isfinite(v))]
+        if self.world.distributed:  # every rank must take the same decision
+            flag = self.world.mean_(torch.tensor([float(bool(bad))], device=self.device))
+            if float(flag) > 0 and not bad:
+                bad = ["(another process)"]
         if not bad:
             return True
         if self.config.train.nan_policy == "skip":
@@ -271,6 +286,8 @@ class Trainer:
         if skipped and train.grad_accum == 1:
             self.optimizer.zero_grad(set_to_none=True)
             return logged
+        if isinstance(self.balancer, DistributedBalancer):
+            self.balancer.finish_step(self.balancer.parameters())
         if train.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train.grad_clip))
@@ -295,7 +312,7 @@ class Trainer:
     def _evaluate(self) -> bool:
         """Validate; remember the best weights. True when early stopping says stop."""
         metrics = evaluate(self.model, self.data, "validation",
-                           self.config.train.eval_batch_size, self.device)
+                           self.config.train.eval_batch_size, self.device, self.world)
         values = primary(metrics, self.data)
         if self.best["reference"] is None:
             self.best["reference"] = values
@@ -304,8 +321,9 @@ class Trainer:
                         **{f"{t}/{m}": v for t, ms in metrics.items() for m, v in ms.items()}})
         if score > self.best["score"]:
             self.best.update(score=score, step=self.step, stale=0, validation=metrics)
-            checkpoint.save_weights(self.model.state_dict(), self.run_dir / "best" /
-                                    "model.safetensors")
+            if self.world.is_main:
+                checkpoint.save_weights(self.model.state_dict(), self.run_dir / "best" /
+                                        "model.safetensors")
         else:
             self.best["stale"] += 1
         patience = self.config.train.patience
@@ -317,7 +335,8 @@ class Trainer:
         started = time.perf_counter()
         self._setup()
         self._write_start()
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.resume)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.resume,
+                              enabled=self.world.is_main)
         for callback in self.callbacks:
             callback.on_start(self.run_dir, self.config.dump())
         if self.resume:
@@ -326,7 +345,8 @@ class Trainer:
         every = train.checkpoint_every or train.eval_every
         step_times: list[float] = []
         stopped_early = False
-        with ProgressDisplay(train.max_steps, self.step, train.progress, self.console) as bar, \
+        show = train.progress and self.world.is_main
+        with ProgressDisplay(train.max_steps, self.step, show, self.console) as bar, \
                 _StopRequest() as stop:
             while self.step < train.max_steps:
                 tick = time.perf_counter()
@@ -338,6 +358,9 @@ class Trainer:
                 bar.update(self.step, {k: v for k, v in logged.items() if k.startswith("loss/")})
                 if self.step % train.eval_every == 0 or self.step == train.max_steps:
                     stopped_early = self._evaluate()
+                if self.world.distributed:  # a signal to one process stops them all
+                    stop.requested = bool(float(self.world.mean_(torch.tensor(
+                        [float(stop.requested)], device=self.device))) > 0)
                 if self.step % every == 0 or stopped_early or stop.requested:
                     self._save_checkpoint()
                 if stop.requested:
@@ -347,12 +370,15 @@ class Trainer:
                     self.console.print(f"early stop at step {self.step}: no improvement in "
                                        f"{train.patience} evaluations")
                     break
+        self.world.barrier()  # the first process has written the best weights
         if self.best["step"] is not None:
             best = checkpoint.load_weights_file(self.run_dir / "best" / "model.safetensors")
             self.model.load_state_dict(best)
-        save_model(self.run_dir / "model", self.model, self.data, self.backbone_spec,
-                   self.encoder, self.config)
-        test = evaluate(self.model, self.data, "test", train.eval_batch_size, self.device)
+        if self.world.is_main:
+            save_model(self.run_dir / "model", self.model, self.data, self.backbone_spec,
+                       self.encoder, self.config)
+        test = evaluate(self.model, self.data, "test", train.eval_batch_size, self.device,
+                        self.world)
         results = build_results(self.config, self.data, test, self.best, self.step,
                                 self.baselines, stopped_early,
                                 wall_time=time.perf_counter() - started,
@@ -360,7 +386,9 @@ class Trainer:
         self._record({"step": self.step, "split": "test",
                         **{f"{t}/{m}": v for t, ms in test.items() for m, v in ms.items()}})
         self.log.close()
-        write_json(self.run_dir / "results.json", results)
+        if self.world.is_main:
+            write_json(self.run_dir / "results.json", results)
         for callback in self.callbacks:
             callback.on_end(self.run_dir, results)
+        self.world.barrier()
         return results
