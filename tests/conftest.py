@@ -155,6 +155,7 @@ def tabular_config(path: Path, **train: object) -> dict[str, object]:
             "batch_size": 16,
             "eval_every": 10,
             "progress": False,
+            "callbacks": [],
             "lr": 0.01,
             **train,
         },

@@ -150,5 +150,76 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     out.print(table)
 
 
+@app.command()
+def bench(
+    suite_or_config: Annotated[str, typer.Argument(
+        help="A built-in suite (census, yeast, text) or a run config (YAML).")] = "census",
+    balancers: Annotated[str, typer.Option(help="Comma-separated balancers.")] =
+        "ew,uw,pcgrad,mgda,famo",
+    architectures: Annotated[str, typer.Option(help="Comma-separated architectures.")] =
+        "hard_sharing,mmoe",
+    seeds: Annotated[int, typer.Option(help="Seeds per cell (train.seed, +1, ...).")] = 3,
+    steps: Annotated[int | None, typer.Option(help="train.max_steps of every run "
+                                              "(default: the config's).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder; default "
+                                                 "runs/bench/<suite or config stem>.")] = None,
+    set_: SetOpt = None,
+    report: Annotated[bool, typer.Option(help="Write report.html for the bench.")] = True,
+) -> None:
+    """Run a balancer x architecture x seed grid; write leaderboard.json/.md and a report.
+
+    Finished cells are skipped and interrupted ones resume, so re-running continues the
+    bench. Single-task baselines are reused from the cache (trained first when missing).
+    """
+    import shlex
+
+    from polytask.bench import bench_config, run_bench
+    from polytask.evaluate.leaderboard import leaderboard_rows
+
+    try:
+        base = bench_config(suite_or_config, steps, set_ or [])
+        stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
+            else suite_or_config
+        target = out_dir or Path("runs") / "bench" / stem
+        command = "polytask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+            if sys.argv[1:2] == ["bench"] else None
+        outcome = run_bench(base, balancers, architectures, seeds, target, console=err,
+                            source=suite_or_config, command=command, report=report)
+    except PolytaskError as error:
+        _fail(error)
+    header, rows = leaderboard_rows(outcome.leaderboard)
+    if not out.is_terminal:  # piped: the Markdown table, unwrapped
+        sys.stdout.write((target / "leaderboard.md").read_text() + "\n")
+        for path in outcome.files.values():
+            sys.stdout.write(f"wrote {path}\n")
+        return
+    table = Table(title=f"leaderboard · {suite_or_config} · {len(outcome.leaderboard['seeds'])} "
+                        f"seed(s) · {base.train.max_steps} steps")
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if 0 < index < 3 else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print("Δm%: positive = better than single-task (papers such as Nash-MTL print the "
+              "negation). MR: mean rank over tasks, 1 = best.")
+    for path in outcome.files.values():
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    run_or_bench_dir: Annotated[Path, typer.Argument(help="A run directory (polytask train) "
+                                                     "or a bench directory (polytask bench).")],
+) -> None:
+    """Write a self-contained report.html (figures embedded) and its PNGs into the directory."""
+    from polytask.evaluate.report import write_report
+
+    try:
+        path = write_report(run_or_bench_dir)
+    except PolytaskError as error:
+        _fail(error)
+    out.print(f"wrote {path}")
+
+
 def main() -> None:
     app()

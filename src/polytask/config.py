@@ -46,6 +46,27 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _unique_keys(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are unique: PyYAML would silently keep the last of two."""
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {first + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
 class MethodConfig(BaseModel):
     """A registered method and its hyperparameters: `{name: temperature, temperature: 3}`."""
 
@@ -65,7 +86,7 @@ def _method(value: Any) -> Any:
 class ModelConfig(BaseModel):
     """`model:` the backbone, the sharing architecture, and the auxiliary-loss weight."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backbone: BackboneSpec | None = Field(
         None, description="The shared encoder; a suite provides one when omitted."
@@ -92,12 +113,15 @@ class ModelConfig(BaseModel):
 class TrainConfig(BaseModel):
     """`train:` optimisation, evaluation, checkpoints and reproducibility."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr: .inf is a mistake
 
     max_steps: int = Field(300, gt=0, description="Optimizer steps.")
     batch_size: int = Field(32, gt=0, description="Rows per task per step.")
     eval_batch_size: int = Field(128, gt=0, description="Rows per batch when evaluating.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw, or sgd (momentum 0.9): both with decoupled weight decay."
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.06, ge=0, le=1, description="Fraction of steps warming up.")
     scheduler: Literal["linear", "cosine", "constant"] = Field(
@@ -113,7 +137,10 @@ class TrainConfig(BaseModel):
         None, gt=0, description="Checkpoint every N steps; default: every evaluation."
     )
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
-    seed: int = Field(0, description="Seeds data order, initialisation, sampling and dropout.")
+    seed: int = Field(
+        0, ge=0, lt=2**32,
+        description="Seeds data order, initialisation, sampling and dropout (0 to 2**32 - 1).",
+    )
     log_every: int = Field(10, gt=0, description="Write training losses every N steps.")
     validation_fraction: float = Field(
         0.1, gt=0, lt=1, description="Share of train carved as validation when there is none."
@@ -123,9 +150,13 @@ class TrainConfig(BaseModel):
     )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: run forward passes under bfloat16 autocast (weights, "
+        "gradients and the balancer stay fp32)."
+    )
     progress: bool = Field(True, description="Show a progress bar.")
     callbacks: list[str] = Field(
-        default_factory=list,
+        default_factory=lambda: ["report"],
         description="Callbacks run alongside metrics.jsonl, e.g. [report, tensorboard, "
         "mlflow]; `polytask methods` lists them.",
     )
@@ -298,11 +329,24 @@ def _field_names(model: type[BaseModel], location: Sequence[Any]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
+def _model_names() -> set[str]:
+    """Names of the pydantic models (pydantic may put them in an error's location)."""
+    names, todo = set(), [BaseModel]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__name__ not in names:
+                names.add(sub.__name__)
+                todo.append(sub)
+    return names
+
+
 def format_errors(error: ValidationError, model: type[BaseModel] = RunConfig) -> str:
     """One line per problem: `field: message (got VALUE). Did you mean ...?`"""
     lines = []
     for item in error.errors():
-        location = [p for p in item["loc"] if not (isinstance(p, str) and p[:1].isupper())]
+        loc = item["loc"]
+        location = [p for i, p in enumerate(loc)  # drop union tags such as 'DataSpec', but
+                    if i == len(loc) - 1 or p not in _model_names()]  # never the user's key
         message = item["msg"].removeprefix("Value error, ")
         if not location:
             lines.append(message)

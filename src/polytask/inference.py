@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import yaml
 
-from polytask.config import RunConfig
+from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
 from polytask.evaluate.evaluation import evaluate
 from polytask.models.backbones import build_tabular, build_text
@@ -97,8 +97,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         encoder = TabularInputs()
         encoder.load_state(meta["inputs"])
         backbone = build_tabular(spec, encoder)
-    config = RunConfig.model_validate({**meta["config"], "tasks": meta["tasks"], "suite": None,
-                                       "data": "<in-memory>", "only": None})
-    model = build_model(config, tasks, kinds, backbone)
+    settings = ModelConfig.model_validate(meta["config"]["model"])
+    model = build_model(settings, tasks, kinds, backbone)
     model.load_state_dict(load_weights_file(directory / "model.safetensors"))
     return LoadedRun(model, {t.name: t for t in tasks}, kinds, encoder)

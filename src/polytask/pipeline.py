@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from polytask.config import RunConfig
+from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
 from polytask.models.backbones import HFEncoder, build_tabular, build_text
 from polytask.models.inputs import TabularInputs, TextInputs, content_hash
@@ -26,6 +26,7 @@ from polytask.tasks.data import (
     SplitData,
     align_token_labels,
     check_columns,
+    check_token_lengths,
     load_source,
 )
 from polytask.tasks.kinds import TASK_KINDS, TaskKind
@@ -129,8 +130,15 @@ def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs
     resolved = resolve(config)
     sources, task_source = _load_sources(config, resolved)
     inputs_of = _source_inputs(resolved.tasks, task_source)
-    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of)
     kinds = build_kinds(resolved.tasks)
+    if resolved.backbone.type != "hf":
+        for task in resolved.tasks:
+            if kinds[task.name].level == "token":
+                raise ConfigError(
+                    f"tasks.{task.name}: kind {task.kind!r} tags words, so it needs a text "
+                    "backbone (model.backbone.type: hf), not an MLP over table columns"
+                )
+    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of)
     splits: dict[str, dict[str, SplitData]] = {}
     for name, source in sources.items():
         readers = [t for t in resolved.tasks if task_source[t.name] == name]
@@ -138,8 +146,15 @@ def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs
         for task in readers:
             kinds[task.name].fit(source.frames["train"])
         splits[name] = {}
+        where = "data" if name == SHARED else f"tasks.{name}.data"
         for split, frame in source.frames.items():
-            inputs = encoder.encode(frame, inputs_of[name], words=words)
+            for task in readers:
+                if kinds[task.name].level == "token":
+                    check_token_lengths(task, frame, split)
+            try:
+                inputs = encoder.encode(frame, inputs_of[name], words=words)
+            except DataError as error:
+                raise DataError(f"{where} ({split} split): {error}") from None
             if isinstance(backbone, HFEncoder) and backbone.frozen and not words:
                 key = content_hash(encoder.name, inputs_of[name], frame[inputs_of[name]].values)
                 inputs = backbone.embed_all(inputs, key)
@@ -154,25 +169,26 @@ def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs
                               "carved": src.carved, "carved_with_seed": config.train.seed}
                           for n, src in sources.items()}}
     data = PreparedData(resolved.tasks, kinds, task_source, splits, record)
-    model = build_model(config, resolved.tasks, kinds, backbone)
+    model = build_model(config.model, resolved.tasks, kinds, backbone)
     return data, model, encoder, resolved.backbone
 
 
-def build_model(config: RunConfig, tasks: list[Task], kinds: dict[str, TaskKind],
+def build_model(settings: ModelConfig, tasks: list[Task], kinds: dict[str, TaskKind],
                 backbone: nn.Module) -> MultiTaskModel:
+    """Backbone -> the configured sharing architecture -> one head per task."""
     names = [t.name for t in tasks]
-    architecture_cls = ARCHITECTURES.get(config.model.architecture.name)
+    architecture_cls = ARCHITECTURES.get(settings.architecture.name)
     try:
         architecture = architecture_cls(int(backbone.output_dim), names,
-                                        **config.model.architecture.options)
+                                        **settings.architecture.options)
     except TypeError as error:
         raise ConfigError(f"model.architecture: {error}") from None
     heads: dict[str, nn.Module] = {}
     for name in names:
-        width = config.model.head_hidden or architecture.output_dim
+        width = settings.head_hidden or architecture.output_dim
         head: nn.Module = kinds[name].build_head(width)
-        if config.model.head_hidden:
-            head = nn.Sequential(nn.Linear(architecture.output_dim, config.model.head_hidden),
+        if settings.head_hidden:
+            head = nn.Sequential(nn.Linear(architecture.output_dim, settings.head_hidden),
                                  nn.ReLU(), head)
         heads[name] = head
     levels = {n: kinds[n].level for n in names}

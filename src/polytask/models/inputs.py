@@ -133,7 +133,10 @@ class TabularInputs:
         self.numeric = [c for c in columns if pd.api.types.is_numeric_dtype(train[c])
                         and not pd.api.types.is_bool_dtype(train[c])]
         self.categorical = [c for c in columns if c not in self.numeric]
-        values = train[self.numeric].astype("float64")
+        try:  # infinite values are reported by `encode`, naming the split
+            values = train[self.numeric].astype("float64").replace([np.inf, -np.inf], np.nan)
+        except (TypeError, ValueError):
+            values = train[self.numeric].apply(pd.to_numeric, errors="coerce")
         self.mean = values.mean().fillna(0.0).tolist()
         self.std = values.std(ddof=0).replace(0.0, 1.0).fillna(1.0).tolist()
         self.vocab = {c: sorted({str(v) for v in train[c].tolist()}) for c in self.categorical}
@@ -146,6 +149,23 @@ class TabularInputs:
         self.numeric, self.categorical = state["numeric"], state["categorical"]
         self.mean, self.std, self.vocab = state["mean"], state["std"], state["vocab"]
 
+    def _numeric(self, frame: pd.DataFrame) -> np.ndarray:
+        """The numeric columns as float64, naming the column and value that is not a number."""
+        try:
+            return frame[self.numeric].astype("float64").to_numpy()
+        except (TypeError, ValueError):
+            for column in self.numeric:
+                converted = pd.to_numeric(frame[column], errors="coerce")
+                bad = frame[column][converted.isna() & frame[column].notna()]
+                if len(bad):
+                    raise DataError(
+                        f"numeric input column {column!r} holds {bad.iloc[0]!r} (row "
+                        f"{bad.index[0]}), which is not a number; the column is numeric in "
+                        "the training split. Clean the value, or make the column categorical "
+                        "by giving it text values in every split."
+                    ) from None
+            raise
+
     @property
     def cardinalities(self) -> list[int]:
         return [len(self.vocab[c]) + 1 for c in self.categorical]
@@ -156,13 +176,17 @@ class TabularInputs:
         missing = [c for c in self.numeric + self.categorical if c not in frame.columns]
         if missing:
             raise DataError(f"input column(s) {missing} are missing; found {list(frame.columns)}")
-        numeric = frame[self.numeric].astype("float64").to_numpy()
+        numeric = self._numeric(frame)
         if np.isnan(numeric).any():
             bad = [c for c, n in zip(self.numeric, np.isnan(numeric).sum(0), strict=True) if n]
             raise DataError(
                 f"numeric input column(s) {bad} contain NaN/missing values. Fill them "
                 "(e.g. `df[col].fillna(df[col].median())`) or turn them into categories."
             )
+        if np.isinf(numeric).any():
+            bad = [c for c, n in zip(self.numeric, np.isinf(numeric).sum(0), strict=True) if n]
+            raise DataError(f"numeric input column(s) {bad} contain infinite values; replace "
+                            "or drop those rows.")
         standardised = (numeric - np.array(self.mean)) / np.array(self.std)
         index = {c: {v: i + 1 for i, v in enumerate(self.vocab[c])} for c in self.categorical}
         categorical = np.array(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,7 +34,7 @@ class BackboneSpec(BaseModel):
         False, description="hf: allow the hub model to run its own code. Off unless you say so."
     )
     # mlp
-    hidden: list[int] = Field(
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: [256, 128], description="mlp: widths of the hidden layers."
     )
     embedding_dim: int = Field(8, gt=0, description="mlp: width of each categorical embedding.")

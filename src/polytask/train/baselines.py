@@ -25,6 +25,10 @@ from polytask.train.checkpoint import list_checkpoints
 from polytask.train.trainer import Trainer
 
 
+#: Train settings that change what a run shows or where it logs, not what it learns.
+_NOT_IN_KEY = {"progress", "callbacks", "threads"}
+
+
 def _fingerprint(data: Any) -> Any:
     """A stable description of a task's data (file settings, or a hash of in-memory rows)."""
     if data is None or isinstance(data, DataSpec):
@@ -53,8 +57,8 @@ def baseline_dir(config: RunConfig, task: str) -> Path:
     key = content_hash(
         spec.model_dump(mode="json", exclude={"data"}), _fingerprint(spec.data),
         _fingerprint(resolved.shared_data) if spec.data is None else None,
-        resolved.backbone.model_dump(mode="json"), config.train.model_dump(mode="json",
-                                                                          exclude={"progress"}),
+        resolved.backbone.model_dump(mode="json"),
+        config.train.model_dump(mode="json", exclude=_NOT_IN_KEY),
         config.model.head_hidden, config.suite.model_dump(mode="json") if config.suite else None,
     )
     return Path(config.baselines_dir) / f"{task}-{key}"

@@ -25,6 +25,7 @@ from polytask.errors import ConfigError, TrainingError
 from polytask.evaluate.evaluation import evaluate, primary, selection_score
 from polytask.models.inputs import Encoded
 from polytask.pipeline import prepare
+from polytask.registry import UnknownMethodError
 from polytask.tasks.data import BatchStream
 from polytask.tasks.sampling import SAMPLERS, Sampler
 from polytask.train import checkpoint
@@ -69,7 +70,7 @@ def build_method(factory: Any, field: str, name: str, **options: Any) -> Any:
         return factory.get(name, **options)
     except TypeError as error:
         raise ConfigError(f"{field}: bad hyperparameters for {name!r}: {error}") from None
-    except ValueError as error:
+    except (ValueError, UnknownMethodError) as error:
         raise ConfigError(f"{field}: {error}") from None
 
 
@@ -256,6 +257,9 @@ class Trainer:
 
     def _train_step(self) -> dict[str, float]:
         train = self.config.train
+        if self.model.architecture.before_step(self.step, train.max_steps):
+            self.shared_params = self.model.shared_parameters()
+            self._task_params.clear()
         logged: dict[str, float] = {}
         batch: Mapping[str, tuple[Encoded, Tensor]] = {}
         skipped = False

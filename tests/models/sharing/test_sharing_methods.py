@@ -175,3 +175,36 @@ def test_defaults_need_no_options() -> None:
     for name in ("mmoe", "cgc", "ple", "dselect_k", "adatt", "task_moe", "ltb", "taps"):
         arch = build(name)
         assert arch.output_dim == INPUT_DIM
+
+
+def test_ltb_in_the_trainer_anneals_then_fixes_its_tree(tmp_path) -> None:  # noqa: ANN001
+    """Through the trainer: the temperature falls during the search, the tree is fixed
+    after `search_fraction` of the steps, the saved model is the fixed tree, and resuming
+    is unaffected (the schedule depends only on the step)."""
+    import numpy as np
+    import pandas as pd
+
+    from polytask import Trainer, load_config
+    from polytask.inference import load_run
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    frame = pd.DataFrame(x, columns=list("abcd"))
+    frame["y1"], frame["y2"] = x[:, 0] + x[:, 1], x[:, 2] - x[:, 3]
+    config = load_config({
+        "data": frame,
+        "tasks": [{"name": "t1", "kind": "regression", "input": list("abcd"), "label": "y1"},
+                  {"name": "t2", "kind": "regression", "input": list("abcd"), "label": "y2"}],
+        "model": {"backbone": {"type": "mlp", "hidden": [16]},
+                  "architecture": {"name": "ltb", "search_fraction": 0.5,
+                                   "final_temperature": 0.2}},
+        "train": {"max_steps": 40, "eval_every": 20, "progress": False, "batch_size": 16},
+    })
+    trainer = Trainer(config, tmp_path / "run")
+    trainer.fit()
+    ltb = trainer.model.architecture
+    assert bool(ltb.discretized)
+    assert ltb.temperature < 1.0
+    loaded = load_run(tmp_path / "run").model.architecture
+    assert bool(loaded.discretized)
+    assert loaded.paths() == ltb.paths()

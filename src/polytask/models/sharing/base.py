@@ -49,6 +49,14 @@ class SharingArchitecture(nn.Module, ABC):
         private = {id(p) for t in self.task_names for p in self.task_parameters(t)}
         return (p for p in self.parameters() if id(p) not in private)
 
+    def before_step(self, step: int, total_steps: int) -> bool:
+        """Called by the trainer before optimizer step `step` (0-based) of `total_steps`, so
+        an architecture can follow a schedule (e.g. anneal a temperature, end a search
+        phase). Returns True when its shared/task-specific parameter split changed, so the
+        trainer re-reads it. Must depend only on `step` (and saved state) for exact resume."""
+        del step, total_steps
+        return False
+
     def auxiliary_loss(self) -> Tensor | None:
         """An extra loss from the last forward (e.g. load balancing), or None."""
         return None

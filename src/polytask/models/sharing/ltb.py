@@ -41,9 +41,14 @@ class LearningToBranch(SharingArchitecture):
       width: nodes per level below the leaves, the candidate branches (default: the number
         of tasks, so every task could keep a branch of its own).
       hidden: width of every node's Linear-ReLU block and of the output (default: input_dim).
-      temperature: Gumbel-softmax temperature (default 1.0). It is the attribute
-        `temperature`; anneal it towards 0 during training, as the paper does, to make the
-        parent choices nearly one-hot before `discretize()`.
+      temperature: initial Gumbel-softmax temperature (default 1.0), the attribute
+        `temperature`.
+      final_temperature: temperature reached at the end of the search (default 0.1); in
+        the trainer it is annealed geometrically from `temperature`, making the parent
+        choices nearly one-hot before they are fixed, as the paper does.
+      search_fraction: share of the training steps spent searching the tree (default 0.5);
+        in the trainer the tree is then fixed by `discretize()` and the remaining steps
+        train it, as the paper retrains the found tree. 1.0: never fix it in training.
       dropout: dropout after each node (default 0).
     """
 
@@ -55,6 +60,8 @@ class LearningToBranch(SharingArchitecture):
         width: int | None = None,
         hidden: int | None = None,
         temperature: float = 1.0,
+        final_temperature: float = 0.1,
+        search_fraction: float = 0.5,
         dropout: float = 0.0,
     ) -> None:
         super().__init__(input_dim, task_names)
@@ -62,8 +69,15 @@ class LearningToBranch(SharingArchitecture):
         width = width or len(self.task_names)
         check_option(width >= 1, "width", width, "use at least 1 node per level.")
         check_option(temperature > 0, "temperature", temperature, "use a positive value.")
+        check_option(0 < final_temperature <= temperature, "final_temperature",
+                     final_temperature, "use a value in (0, temperature].")
+        check_option(0 < search_fraction <= 1, "search_fraction", search_fraction,
+                     "use a share of the steps in (0, 1].")
         self._output_dim = hidden or input_dim
         self.temperature = temperature
+        self.initial_temperature = temperature
+        self.final_temperature = final_temperature
+        self.search_fraction = search_fraction
         self.sizes = [width] * (depth - 1) + [len(self.task_names)]
         self.nodes = nn.ModuleList(
             nn.ModuleList(
@@ -115,6 +129,19 @@ class LearningToBranch(SharingArchitecture):
 
         leaves = len(self.sizes) - 1
         return {t: output(leaves, self.task_names.index(t)) for t in tasks}
+
+    def before_step(self, step: int, total_steps: int) -> bool:
+        """Anneal the temperature during the search; fix the tree when the search ends."""
+        search_steps = max(1, round(self.search_fraction * total_steps))
+        if self.discretized:
+            return False
+        if step >= search_steps and self.search_fraction < 1:
+            self.discretize()
+            return True
+        progress = step / search_steps
+        ratio = self.final_temperature / self.initial_temperature
+        self.temperature = self.initial_temperature * ratio**progress
+        return False
 
     @torch.no_grad()
     def discretize(self) -> None:
