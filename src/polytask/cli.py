@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import pandas as pd
 import typer
@@ -28,12 +31,42 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "(repeatable; values are YAML).")]
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
-@app.command()
+def _reported(command: Callable[..., None]) -> Callable[..., None]:
+    """Errors become one line on stderr and a non-zero exit, never a traceback: exit 2 for
+    a problem with the user's input (PolytaskError), exit 1 for anything unexpected (set
+    POLYTASK_DEBUG=1 to see its traceback)."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except PolytaskError as error:
+            _fail(error)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:
+            if os.environ.get("POLYTASK_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error}\n"
+                      "This input is not checked yet, or it is a bug: rerun with "
+                      "POLYTASK_DEBUG=1 to see the traceback, and please report it.",
+                      soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from None
+
+    return run
+
+
+def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """`app.command`, with errors reported as messages (see `_reported`)."""
+    return lambda function: app.command(*args, **kwargs)(_reported(function))
+
+
+@_command()
 def train(
     config: ConfigArg,
     run_dir: Annotated[Path | None, typer.Option(help="Where to write the run; default "
@@ -51,37 +84,32 @@ def train(
     from polytask.train.baselines import cached_baselines, train_baselines
     from polytask.train.trainer import Trainer
 
-    try:
-        cfg = load_config(config, set_ or [])
-        target = run_dir or Path("runs") / (cfg.name or config.stem)
-        if cfg.baselines == "auto":
-            baselines = train_baselines(cfg, err)
-        elif cfg.baselines == "cached":
-            baselines = cached_baselines(cfg)
-        else:
-            baselines = {}
-        results = Trainer(cfg, target, resume=resume, console=err, baselines=baselines).fit()
-    except PolytaskError as error:
-        _fail(error)
-    print_results(results, out)
-    out.print(f"run written to {target}")
+    cfg = load_config(config, set_ or [])
+    target = run_dir or Path("runs") / (cfg.name or config.stem)
+    if cfg.baselines == "auto":
+        baselines = train_baselines(cfg, err)
+    elif cfg.baselines == "cached":
+        baselines = cached_baselines(cfg)
+    else:
+        baselines = {}
+    results = Trainer(cfg, target, resume=resume, console=err, baselines=baselines).fit()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+        print_results(results, out)
+        out.print(f"run written to {target}")
 
 
-@app.command()
+@_command()
 def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
     """Train each task of CONFIG alone (same settings) and cache it for `train`'s Δm%."""
     from polytask.config import load_config
     from polytask.train.baselines import train_baselines
 
-    try:
-        values = train_baselines(load_config(config, set_ or []), err)
-    except PolytaskError as error:
-        _fail(error)
+    values = train_baselines(load_config(config, set_ or []), err)
     for task, value in values.items():
         out.print(f"{task}: {value:.4f}" if value is not None else f"{task}: –")
 
 
-@app.command("eval")
+@_command("eval")
 def evaluate_command(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     split: Annotated[str, typer.Option(help="validation or test.")] = "test",
@@ -91,10 +119,7 @@ def evaluate_command(
 
     if split not in ("validation", "test"):
         _fail(PolytaskError(f"--split: {split!r} is not a split; use validation or test"))
-    try:
-        metrics = evaluate_run(run_dir, split)
-    except PolytaskError as error:
-        _fail(error)
+    metrics = evaluate_run(run_dir, split)
     table = Table(title=f"{run_dir} · {split}")
     for column in ("task", "metric", "value"):
         table.add_column(column)
@@ -114,7 +139,7 @@ def _read_rows(path: Path) -> pd.DataFrame:
     raise PolytaskError(f"--input: {str(path)!r} must be .csv, .tsv, .json or .jsonl")
 
 
-@app.command()
+@_command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     task: Annotated[str, typer.Option(help="Which task's head to use.")],
@@ -124,16 +149,13 @@ def predict(
     """Print one JSON line per input row: the row's index and the task's prediction."""
     from polytask.inference import load_run
 
-    try:
-        rows = _read_rows(input)
-        predictions = load_run(run_dir).predict(task, rows)
-    except PolytaskError as error:
-        _fail(error)
+    rows = _read_rows(input)
+    predictions = load_run(run_dir).predict(task, rows)
     for index, value in enumerate(predictions):
         sys.stdout.write(json.dumps({"row": index, task: value}) + "\n")
 
 
-@app.command()
+@_command()
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every registered sampler, balancer, architecture and task kind with its paper."""
     from polytask.methods import all_methods
@@ -150,7 +172,7 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     out.print(table)
 
 
-@app.command()
+@_command()
 def bench(
     suite_or_config: Annotated[str, typer.Argument(
         help="A built-in suite (census, yeast, text) or a run config (YAML).")] = "census",
@@ -176,17 +198,14 @@ def bench(
     from polytask.bench import bench_config, run_bench
     from polytask.evaluate.leaderboard import leaderboard_rows
 
-    try:
-        base = bench_config(suite_or_config, steps, set_ or [])
-        stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
-            else suite_or_config
-        target = out_dir or Path("runs") / "bench" / stem
-        command = "polytask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-            if sys.argv[1:2] == ["bench"] else None
-        outcome = run_bench(base, balancers, architectures, seeds, target, console=err,
-                            source=suite_or_config, command=command, report=report)
-    except PolytaskError as error:
-        _fail(error)
+    base = bench_config(suite_or_config, steps, set_ or [])
+    stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
+        else suite_or_config
+    target = out_dir or Path("runs") / "bench" / stem
+    command = "polytask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if sys.argv[1:2] == ["bench"] else None
+    outcome = run_bench(base, balancers, architectures, seeds, target, console=err,
+                        source=suite_or_config, command=command, report=report)
     header, rows = leaderboard_rows(outcome.leaderboard)
     if not out.is_terminal:  # piped: the Markdown table, unwrapped
         sys.stdout.write((target / "leaderboard.md").read_text() + "\n")
@@ -206,7 +225,7 @@ def bench(
         out.print(f"wrote {path}")
 
 
-@app.command()
+@_command()
 def report(
     run_or_bench_dir: Annotated[Path, typer.Argument(help="A run directory (polytask train) "
                                                      "or a bench directory (polytask bench).")],
@@ -214,10 +233,7 @@ def report(
     """Write a self-contained report.html (figures embedded) and its PNGs into the directory."""
     from polytask.evaluate.report import write_report
 
-    try:
-        path = write_report(run_or_bench_dir)
-    except PolytaskError as error:
-        _fail(error)
+    path = write_report(run_or_bench_dir)
     out.print(f"wrote {path}")
 
 
