@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from polytask.errors import PolytaskError
@@ -32,7 +33,8 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 def _fail(error: Exception) -> NoReturn:
-    err.print(f"[bold red]error:[/] {error}", soft_wrap=True, highlight=False)
+    # escape: rich would take `[col_a, col_b]` or `df[col]` in a message for markup
+    err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -52,7 +54,8 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
         except Exception as error:
             if os.environ.get("POLYTASK_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error}\n"
+            err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: "
+                      f"{escape(str(error))}\n"
                       "This input is not checked yet, or it is a bug: rerun with "
                       "POLYTASK_DEBUG=1 to see the traceback, and please report it.",
                       soft_wrap=True, highlight=False)
@@ -86,13 +89,12 @@ def train(
 
     cfg = load_config(config, set_ or [])
     target = run_dir or Path("runs") / (cfg.name or config.stem)
-    if cfg.baselines == "auto":
-        baselines = train_baselines(cfg, err)
+    trainer = Trainer(cfg, target, resume=resume, console=err)  # refuses a finished run dir
+    if cfg.baselines == "auto":  # ... before any baseline is trained
+        trainer.baselines = train_baselines(cfg, err)
     elif cfg.baselines == "cached":
-        baselines = cached_baselines(cfg)
-    else:
-        baselines = {}
-    results = Trainer(cfg, target, resume=resume, console=err, baselines=baselines).fit()
+        trainer.baselines = cached_baselines(cfg)
+    results = trainer.fit()
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
         print_results(results, out)
         out.print(f"run written to {target}")

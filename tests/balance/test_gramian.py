@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from polytask.balance.gramian import TaskGradients, find_linear_layers
-from polytask.balance.jacobian import task_jacobian
+from polytask.balance.jacobian import cut_at_features, task_jacobian
 
 from .helpers import flat_grads
 
@@ -68,3 +68,41 @@ def test_a_bias_outside_the_list_is_ignored() -> None:
     grads = TaskGradients(losses, only_b)
     jacobian = task_jacobian(losses, only_b)
     assert torch.allclose(grads.gramian(), jacobian @ jacobian.T, rtol=1e-4, atol=1e-6)
+
+
+def test_the_cut_at_features_gives_the_same_gramian_and_update() -> None:
+    net = Net("plain", 40, 30, tasks=3)
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(2))
+    h = net.norm(torch.tanh(net.b(torch.relu(net.a(x)))))
+    losses = [(head(h) ** 2).mean() for head in net.heads]
+    params = net.shared()
+    jacobian = task_jacobian(torch.stack(losses), params)
+    assert cut_at_features(losses, h, params) is not None
+    grads = TaskGradients(losses, params, h)
+    assert torch.allclose(grads.gramian(), jacobian @ jacobian.T, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(grads.jacobian(), jacobian, rtol=1e-4, atol=1e-6)
+    w = torch.tensor([0.3, -1.0, 2.0])
+    grads.accumulate(w)
+    assert torch.allclose(flat_grads(params), w @ jacobian, rtol=1e-4, atol=1e-6)
+
+
+def test_no_cut_when_a_shared_parameter_bypasses_the_features() -> None:
+    net = Net("plain", 40, 30, tasks=2)
+    x = torch.randn(6, 40)
+    h = torch.relu(net.a(x))
+    out = net.norm(torch.tanh(net.b(h)))
+    # task 1 also reads the first layer's output directly: `out` does not separate
+    losses = [(net.heads[0](out) ** 2).mean(), (net.heads[1](out) ** 2).mean() + h.mean()]
+    params = net.shared()
+    assert cut_at_features(losses, out, params) is None
+    jacobian = task_jacobian(torch.stack(losses), params)
+    assert torch.allclose(task_jacobian(losses, params, out), jacobian, rtol=1e-4, atol=1e-6)
+    grads = TaskGradients(losses, params, out)
+    assert torch.allclose(grads.gramian(), jacobian @ jacobian.T, rtol=1e-4, atol=1e-6)
+
+
+def test_no_cut_through_another_output_of_the_same_node() -> None:
+    net = Net("plain", 40, 30, tasks=2)
+    first, second = torch.relu(net.a(torch.randn(6, 40))).split(15, dim=1)
+    losses = [(first**2).mean(), (first.sum(1) * second.sum(1)).mean()]
+    assert cut_at_features(losses, first, net.shared()) is None

@@ -164,3 +164,22 @@ def test_gradnorm_downweights_the_task_with_the_larger_gradient() -> None:
     w = b.task_weights.detach()
     assert w.sum().item() == pytest.approx(2.0)
     assert w[0] < w[1]
+
+
+def test_famo_logit_step_is_torch_adam() -> None:
+    b = balance.get("famo", lr=0.05, weight_decay=0.01)
+    b.setup(["t0", "t1", "t2"])
+    logits = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([logits], lr=0.05, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        before = torch.rand(3, generator=gen, dtype=torch.float64) + 0.5
+        after = before * (0.5 + torch.rand(3, generator=gen, dtype=torch.float64))
+        losses = {f"t{i}": before[i].clone().requires_grad_() for i in range(3)}
+        b.backward(losses, [])
+        z = torch.softmax(logits.detach(), 0)
+        delta = before.log() - after.log()
+        logits.grad = z * (delta - z @ delta)
+        adam.step()
+        b.after_step(lambda after=after: {f"t{i}": after[i] for i in range(3)})
+        assert torch.allclose(b.logits, logits.detach(), rtol=1e-6, atol=1e-9)  # FAMO adds 1e-8

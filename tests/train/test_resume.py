@@ -91,6 +91,8 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, tabular_file: Path
     with pytest.raises(ConfigError, match="already holds a run"):
         Trainer(_config(tabular_file, max_steps=4), tmp_path / "run")
     assert (tmp_path / "run" / "results.json").read_text() == before
+    with pytest.raises(ConfigError, match="has finished"):
+        Trainer(_config(tabular_file, max_steps=4), tmp_path / "run", resume=True)
     with pytest.raises(ConfigError, match="no checkpoint to resume"):
         Trainer(_config(tabular_file), tmp_path / "empty", resume=True)
 

@@ -19,7 +19,11 @@ Contract of `Balancer.backward(losses, shared_params, features=None, task_params
   its head (as in MGDA-UB, Sener & Koltun 2018);
 * `task_params` lists the task-specific parameters; when it is None they are found by a
   backward of the loss sum, and the shared gradients are then replaced by the update;
-* it returns the per-task weights it applied (for logging), keyed by task name.
+* it returns the per-task weights it applied (for logging), keyed by task name;
+* `features`, the shared representation, is a hint for aggregators at the parameter level:
+  when every path from the losses to the shared parameters goes through it, the per-task
+  gradients are back-propagated from there (T cheap passes through the heads, then one
+  batched backward through the trunk) instead of pushing T rows through every head.
 
 Stateful methods implement `state_dict`/`load_state_dict` (checkpoints) and `reset`.
 """
@@ -35,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from polytask.balance.gramian import TaskGradients
-from polytask.balance.jacobian import task_jacobian
 from polytask.registry import Registry
 
 BALANCERS: Registry[type[Balancer]] = Registry("balancer")
@@ -180,6 +183,7 @@ class LossWeighting(Balancer):
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
         del shared_params, features, task_params  # one backward reaches every parameter
+        self.last_gramian = None  # a weighting never sees per-task gradients
         names, vector = stack_losses(losses)
         w = self.weights(vector, names)
         self.combine(vector, w).backward()
@@ -203,11 +207,10 @@ class GradientAggregator(Balancer):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        del features
-        _, vector = stack_losses(losses)
+        names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        jacobian = task_jacobian(vector, params)
+        jacobian = TaskGradients([losses[n] for n in names], params, features).jacobian()
         self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         accumulate_flat(params, self.aggregate(jacobian))
         return {}
@@ -235,11 +238,10 @@ class GramianAggregator(GradientAggregator):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        del features
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        gradients = TaskGradients(vector, params)
+        gradients = TaskGradients([losses[n] for n in names], params, features)
         gramian = gradients.gramian()
         self.last_gramian = gramian.detach()
         w = self.weights(gramian).to(vector.dtype)

@@ -8,7 +8,7 @@ carving is recorded), checked against the tasks that read it, and encoded once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,17 @@ def _read_file(path: Path, where: str) -> pd.DataFrame:
         raise DataError(f"{where}: cannot read {str(path)!r}: use .csv, .tsv, .json, .jsonl "
                         "or .parquet")
     kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if path.stat().st_size == 0:
+        raise DataError(f"{where}: file {str(path)!r} is empty; give it a header and rows, or "
+                        "leave the split out (a missing validation/test split is carved from "
+                        "train)")
     try:
         dataset = load_dataset(builder, data_files={"rows": str(path)}, split="rows", **kwargs)
     except Exception as error:  # datasets raises many types for a malformed file
+        if "corresponds to no data" in str(error):  # a CSV header without rows
+            raise DataError(f"{where}: file {str(path)!r} has no rows; add rows, or leave the "
+                            "split out (a missing validation/test split is carved from "
+                            "train)") from None
         raise DataError(f"{where}: cannot read {str(path)!r}: {error}") from None
     return dataset.to_pandas()
 
@@ -108,6 +116,7 @@ def _in_memory_splits(data: Any, where: str) -> dict[str, pd.DataFrame]:
 def _name_splits(frames: dict[str, pd.DataFrame], spec: DataSpec | None,
                  where: str) -> dict[str, pd.DataFrame]:
     named: dict[str, pd.DataFrame] = {}
+    source_of: dict[str, str] = {}  # polytask split -> the dataset's split it reads
     explicit = spec.split_names if spec else {}
     for split in SPLITS:
         candidates = (explicit[split],) if split in explicit else _ALIASES[split]
@@ -116,6 +125,13 @@ def _name_splits(frames: dict[str, pd.DataFrame], spec: DataSpec | None,
             raise DataError(f"{where}.split_names.{split}: the dataset has no split "
                             f"{explicit[split]!r}; it has {sorted(frames)}")
         if found is not None:
+            other = next((s for s, name in source_of.items() if name == found), None)
+            if other is not None:
+                raise DataError(
+                    f"{where}.split_names: {other} and {split} would both read the "
+                    f"dataset's split {found!r}; map each to its own split, or leave "
+                    f"{split} out to carve it from train")
+            source_of[split] = found
             named[split] = frames[found]
     if "train" not in named:
         raise DataError(f"{where}: no training split; the dataset has {sorted(frames)}. Map one "
@@ -123,14 +139,22 @@ def _name_splits(frames: dict[str, pd.DataFrame], spec: DataSpec | None,
     return named
 
 
-def _apply_spec(frame: pd.DataFrame, spec: DataSpec | None, split: str) -> pd.DataFrame:
+def _apply_spec(frame: pd.DataFrame, spec: DataSpec | None, split: str,
+                where: str) -> pd.DataFrame:
+    """`rename` and `constant` (`max_rows` is applied after carving, see `load_source`)."""
     if spec is None:
         return frame
+    for old, new in spec.rename.items():
+        if old not in frame.columns:
+            raise DataError(f"{where}.rename: column {old!r} is not in the {split} split; "
+                            f"columns: {list(frame.columns)}")
+        if new in frame.columns and new not in spec.rename:
+            raise DataError(f"{where}.rename: renaming {old!r} to {new!r} would give the "
+                            f"{split} split two columns named {new!r}; rename {new!r} too, or "
+                            "pick another name")
     frame = frame.rename(columns=spec.rename)
     for column, value in spec.constant.items():
         frame[column] = value
-    if split in spec.max_rows:
-        frame = frame.iloc[: spec.max_rows[split]]
     return frame.reset_index(drop=True)
 
 
@@ -148,7 +172,13 @@ def load_source(name: str, data: Any, seed: int, validation_fraction: float,
     """Load a table and make sure it has train, validation and test splits."""
     spec = data if isinstance(data, DataSpec) else None
     raw = read_spec(spec, where) if spec else _in_memory_splits(data, where)
-    frames = {s: _apply_spec(f, spec, s) for s, f in _name_splits(raw, spec, where).items()}
+    frames = {s: _apply_spec(f, spec, s, where)
+              for s, f in _name_splits(raw, spec, where).items()}
+    for split, frame in frames.items():
+        if len(frame) == 0:
+            fix = ("it needs rows to learn from" if split == "train" else
+                   "give it rows, or leave it out to carve it from train")
+            raise DataError(f"{where}: the {split} split is empty; {fix}")
     carved = []
     rng = np.random.default_rng(seed)
     total = len(frames["train"])  # both fractions are shares of the original train split
@@ -164,9 +194,9 @@ def load_source(name: str, data: Any, seed: int, validation_fraction: float,
         frames[split] = train.iloc[np.sort(order[:n])].reset_index(drop=True)
         frames["train"] = train.iloc[np.sort(order[n:])].reset_index(drop=True)
         carved.append(split)
-    for split, frame in frames.items():
-        if len(frame) == 0:
-            raise DataError(f"{where}: the {split} split is empty")
+    if spec is not None:  # after carving, so carved splits are limited too
+        frames = {s: f.iloc[: spec.max_rows[s]].reset_index(drop=True)
+                  if s in spec.max_rows else f for s, f in frames.items()}
     return Source(name, frames, carved)
 
 
@@ -184,6 +214,25 @@ def check_columns(task: Task, source: Source) -> None:
                         f"tasks.{task.name}.{role}: column {column!r} is not in the {split} "
                         f"split of {source.name!r}.{hint} Columns: {list(frame.columns)}"
                     )
+
+
+def check_token_lengths(task: Task, frame: pd.DataFrame, split: str) -> None:
+    """A token task's tag list has one tag per word of its input row."""
+    words, tags = frame[task.input_columns[0]].tolist(), frame[task.label_columns[0]].tolist()
+    for i, (row_words, row_tags) in enumerate(zip(words, tags, strict=True)):
+        if not isinstance(row_tags, list | tuple | np.ndarray):
+            continue  # unlabelled (or malformed: the task kind reports it)
+        if not isinstance(row_words, list | tuple | np.ndarray):
+            raise DataError(
+                f"tasks.{task.name}.input: row {i} of the {split} split holds {row_words!r}; "
+                "token classification reads a list of words per row (e.g. ['Ada', 'wrote'])."
+            )
+        if len(row_words) != len(row_tags):
+            raise DataError(
+                f"tasks.{task.name}: row {i} of the {split} split has {len(row_words)} word(s) "
+                f"but {len(row_tags)} tag(s); give one tag per word (None for an untagged "
+                "word)."
+            )
 
 
 def align_token_labels(word_labels: Tensor, word_index: Tensor) -> Tensor:
@@ -238,9 +287,12 @@ class BatchStream:
     share the same rows (and one backbone pass).
     """
 
-    def __init__(self, data: PreparedData, batch_size: int, seed: int) -> None:
+    def __init__(self, data: PreparedData, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.data = data
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.seed = seed
         self.sources = sorted(data.splits)
         self.position = {s: (0, 0) for s in self.sources}
@@ -258,8 +310,9 @@ class BatchStream:
         return order
 
     def _indices(self, source: str) -> Tensor:
+        """This rank's slice of the next global batch (batch_size x world_size rows)."""
         epoch, position = self.position[source]
-        parts, needed = [], self.batch_size
+        parts, needed = [], self.batch_size * self.world_size
         while needed:
             order = self._order(source, epoch)
             take = order[position : position + needed]
@@ -269,7 +322,8 @@ class BatchStream:
             if position >= order.numel():
                 epoch, position = epoch + 1, 0
         self.position[source] = (epoch, position)
-        return torch.cat(parts)
+        start = self.rank * self.batch_size
+        return torch.cat(parts)[start : start + self.batch_size]
 
     def next_batch(self, tasks: Sequence[str]) -> dict[str, tuple[Encoded, Tensor]]:
         """`{task: (inputs, labels)}` for the tasks of one step."""
@@ -296,9 +350,11 @@ def trim_labels(labels: Tensor, inputs: Encoded) -> Tensor:
     return labels
 
 
-def eval_batches(split: SplitData, tasks: Sequence[str], batch_size: int):
-    """Batches of a split, in order: yields (inputs, {task: labels})."""
-    for start in range(0, split.size, batch_size):
-        indices = torch.arange(start, min(start + batch_size, split.size))
+def eval_batches(split: SplitData, tasks: Sequence[str], batch_size: int,
+                 rows: range | None = None) -> Iterator[tuple[Encoded, dict[str, Tensor]]]:
+    """Batches of a split (or of its `rows`), in order: yields (inputs, {task: labels})."""
+    rows = rows if rows is not None else range(split.size)
+    for start in range(rows.start, rows.stop, batch_size):
+        indices = torch.arange(start, min(start + batch_size, rows.stop))
         inputs = collate(split.inputs, indices)
         yield inputs, {t: trim_labels(split.labels[t][indices], inputs) for t in tasks}

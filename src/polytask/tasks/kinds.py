@@ -26,12 +26,25 @@ from polytask.tasks.spec import Task
 
 TASK_KINDS: Registry[type[TaskKind]] = Registry("task kind")
 IGNORE = -100  # class id of a missing label (PyTorch's cross-entropy default)
+_FLAGS = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0}
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
+    if value is None or value is pd.NA:
         return True
     return isinstance(value, float) and math.isnan(value)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def _shown(names: Sequence[str] | None, limit: int = 12) -> str:
+    """A label list for a message, cut short when it is long."""
+    names = list(names or [])
+    if len(names) <= limit:
+        return str(names)
+    return f"{names[:limit]} and {len(names) - limit} more"
 
 
 class TaskKind(ABC):
@@ -117,11 +130,28 @@ class TaskKind(ABC):
         text = str(value)
         return self.task.label_map.get(text, text)
 
+    def _no_labelled_row(self) -> DataError:
+        return DataError(
+            f"tasks.{self.task.name}: no labelled row in the training split; check the label "
+            f"column(s) {self.task.label_columns} (an empty cell means 'no label')."
+        )
+
     def _unknown_label(self, value: Any, split: str) -> DataError:
+        hint = ""
+        if isinstance(value, float) and not value.is_integer():
+            hint = (f" The label column holds non-integer numbers: is {self.task.name!r} a "
+                    "regression task (kind: regression)?")
         return DataError(
             f"tasks.{self.task.name}: label {value!r} in the {split} split is not in the label "
-            f"list {self.label_names}. Add it to `labels`, or map it with `label_map`."
+            f"list {_shown(self.label_names)}. Add it to `labels`, or map it with "
+            f"`label_map`.{hint}"
         )
+
+
+def frame_all_missing(frame: pd.DataFrame, columns: Sequence[str]) -> bool:
+    """True when every row misses a value in at least one of `columns`."""
+    rows = frame[list(columns)].itertuples(index=False)
+    return all(any(_is_missing(v) for v in row) for row in rows)
 
 
 def _masked_zero(outputs: Tensor) -> Tensor:
@@ -143,10 +173,13 @@ class Classification(TaskKind):
     metric_names = ("accuracy", "macro_f1", "mcc")
 
     def fit(self, train: pd.DataFrame) -> None:
+        values = self._column(train).tolist()
+        if all(_is_missing(v) for v in values):
+            raise self._no_labelled_row()
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
         else:
-            self.label_names = self._names_from(self._column(train).tolist())
+            self.label_names = self._names_from(values)
         if len(self.label_names) < 2:
             raise DataError(
                 f"tasks.{self.task.name}: classification needs at least 2 labels, found "
@@ -191,39 +224,70 @@ class MultiLabel(TaskKind):
     default_metric = "micro_f1"
     metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
 
-    def _row_sets(self, frame: pd.DataFrame) -> list[set[str] | None]:
-        columns = self.task.label_columns
-        if len(columns) > 1:
-            rows: list[set[str] | None] = []
-            for values in frame[columns].itertuples(index=False):
-                if any(_is_missing(v) for v in values):
-                    rows.append(None)
-                else:
-                    rows.append({c for c, v in zip(columns, values, strict=True) if float(v)})
-            return rows
+    def _row_sets(self, frame: pd.DataFrame, split: str) -> list[set[str] | None]:
+        """Label names per row (None: unlabelled) from one column of label lists."""
+        column = self.task.label_columns[0]
         out: list[set[str] | None] = []
-        for value in frame[columns[0]].tolist():
+        for value in frame[column].tolist():
             if _is_missing(value):
                 out.append(None)
             elif isinstance(value, str):
                 out.append({self._label_name(v) for v in value.split("|") if v})
+            elif _is_sequence(value):
+                out.append({self._label_name(v) for v in value if not _is_missing(v)})
             else:
-                out.append({self._label_name(v) for v in value})
+                raise DataError(
+                    f"tasks.{self.task.name}.label: column {column!r} holds {value!r} in the "
+                    f"{split} split; a multilabel column holds a list of labels or a "
+                    "'|'-separated string (e.g. 'sports|politics'). For one 0/1 column per "
+                    "label, list the columns: `label: [col_a, col_b]`."
+                )
         return out
 
+    def _flag(self, value: Any, column: str, split: str) -> float:
+        """A 0/1 label cell as 0.0 or 1.0."""
+        if isinstance(value, bool | np.bool_):
+            return float(value)
+        if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in _FLAGS:
+            return _FLAGS[value.strip().lower()]
+        raise DataError(
+            f"tasks.{self.task.name}.label: column {column!r} holds {value!r} in the {split} "
+            "split; with one column per label every value must be 0/1 (or true/false). For a "
+            "column of label lists, give a single `label` column."
+        )
+
     def fit(self, train: pd.DataFrame) -> None:
+        columns = self.task.label_columns
+        if bool(frame_all_missing(train, columns)):
+            raise self._no_labelled_row()
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
-        elif len(self.task.label_columns) > 1:
-            self.label_names = self.task.label_columns
+        elif len(columns) > 1:  # one 0/1 column per label: its name (or its label_map entry)
+            self.label_names = [self.task.label_map.get(c, c) for c in columns]
         else:
-            names = set().union(*(s for s in self._row_sets(train) if s is not None))
+            names = set().union(*(s for s in self._row_sets(train, "train") if s is not None))
+            if not names:
+                raise DataError(
+                    f"tasks.{self.task.name}: no label occurs in the training split; check the "
+                    f"label column {columns[0]!r} or list `labels`."
+                )
             self.label_names = sorted(names)
 
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
-        index = self._label_index()
+        columns = self.task.label_columns
         out = torch.zeros(len(frame), self.num_outputs)
-        for row, labels in enumerate(self._row_sets(frame)):
+        if len(columns) > 1:  # column i is output i, whatever the label names are
+            for row, values in enumerate(frame[columns].itertuples(index=False)):
+                if any(_is_missing(v) for v in values):
+                    out[row] = float("nan")
+                    continue
+                out[row] = torch.tensor([self._flag(v, c, split)
+                                         for c, v in zip(columns, values, strict=True)])
+            return out
+        index = self._label_index()
+        for row, labels in enumerate(self._row_sets(frame, split)):
             if labels is None:
                 out[row] = float("nan")
                 continue
@@ -264,6 +328,13 @@ class Regression(TaskKind):
 
     def fit(self, train: pd.DataFrame) -> None:
         values = self._values(train, "train")
+        empty = [c for c, n in zip(self.task.label_columns, (~np.isnan(values)).sum(0),
+                                   strict=True) if not n]
+        if empty:
+            raise DataError(
+                f"tasks.{self.task.name}: no labelled row in the training split for label "
+                f"column(s) {empty}; check the column or the split."
+            )
         self.mean = np.nanmean(values, axis=0).tolist()
         std = np.nanstd(values, axis=0)
         self.std = np.where(std > 0, std, 1.0).tolist()
@@ -271,12 +342,21 @@ class Regression(TaskKind):
 
     def _values(self, frame: pd.DataFrame, split: str) -> np.ndarray:
         try:
-            return frame[self.task.label_columns].astype("float64").to_numpy()
+            values = frame[self.task.label_columns].astype("float64").to_numpy()
         except (TypeError, ValueError) as error:
             raise DataError(
                 f"tasks.{self.task.name}: regression label column(s) {self.task.label_columns} "
-                f"in the {split} split hold non-numeric values ({error}). Clean or map them."
+                f"in the {split} split hold non-numeric values ({error}). Clean them, or use "
+                "kind: classification if the values are categories."
             ) from None
+        infinite = [c for c, n in zip(self.task.label_columns, np.isinf(values).sum(0),
+                                      strict=True) if n]
+        if infinite:
+            raise DataError(
+                f"tasks.{self.task.name}: regression label column(s) {infinite} in the {split} "
+                "split hold infinite values; remove those rows or leave the label empty."
+            )
+        return values
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.label_names, "mean": self.mean, "std": self.std}
@@ -322,21 +402,43 @@ class TokenClassification(TaskKind):
     default_metric = "entity_f1"
     metric_names = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
 
+    def _tag_rows(self, frame: pd.DataFrame, split: str) -> list[Any]:
+        """Each row's tag list (None: unlabelled row)."""
+        rows = []
+        for i, row in enumerate(self._column(frame).tolist()):
+            if not _is_sequence(row) and _is_missing(row):
+                rows.append(None)
+            elif _is_sequence(row):
+                rows.append(list(row))
+            else:
+                raise DataError(
+                    f"tasks.{self.task.name}.label: row {i} of the {split} split holds "
+                    f"{row!r}; token classification needs a list of tags per row, one per word "
+                    "of the input (e.g. ['B-PER', 'O'])."
+                )
+        return rows
+
     def fit(self, train: pd.DataFrame) -> None:
+        rows = self._tag_rows(train, "train")
+        tags = [t for row in rows if row is not None for t in row if not _is_missing(t)]
+        if not tags:
+            raise self._no_labelled_row()
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
         else:
-            tags = [t for row in self._column(train).tolist() if not _is_missing(row) for t in row]
             self.label_names = self._names_from(tags)
 
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
-        """Word-level tag ids padded with IGNORE; the data layer aligns them to sub-words."""
+        """Word-level tag ids padded with IGNORE (so are missing tags); the data layer aligns
+        them to sub-words."""
         index = self._label_index()
-        rows = [None if _is_missing(r) else r for r in self._column(frame).tolist()]
+        rows = self._tag_rows(frame, split)
         width = max((len(r) for r in rows if r is not None), default=0)
         out = torch.full((len(rows), max(width, 1)), IGNORE, dtype=torch.long)
         for i, row in enumerate(rows):
             for j, tag in enumerate(row if row is not None else []):
+                if _is_missing(tag):
+                    continue  # an untagged word is left out of the loss and the metrics
                 name = self._label_name(tag)
                 if name not in index:
                     raise self._unknown_label(tag, split)

@@ -24,7 +24,6 @@ from polytask.tasks.spec import DataSpec
 from polytask.train.checkpoint import list_checkpoints
 from polytask.train.trainer import Trainer
 
-
 #: Train settings that change what a run shows or where it logs, not what it learns.
 _NOT_IN_KEY = {"progress", "callbacks", "threads"}
 

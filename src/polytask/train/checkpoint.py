@@ -110,7 +110,11 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and training state of a verified checkpoint."""
     verify(path)
     weights = load_weights_file(path / "model.safetensors")
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    except Exception as error:  # weights_only refuses anything but tensors and plain data
+        raise CheckpointError(f"checkpoint {path}: state.pt cannot be loaded safely "
+                              f"({type(error).__name__}: {error})") from None
     return weights, state
 
 

@@ -59,9 +59,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu, cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r}, but torch sees no CUDA device here; use "
+                          "auto or cpu")
+    return device
 
 
 def build_method(factory: Any, field: str, name: str, **options: Any) -> Any:
@@ -135,11 +139,17 @@ class Trainer:
         self._check_run_dir()
 
     def _check_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run dir {self.run_dir} is a file, not a folder; choose another "
+                              "--run-dir")
         has_results = (self.run_dir / "results.json").exists()
         has_checkpoints = bool(checkpoint.list_checkpoints(self.run_dir / "checkpoints"))
         if self.resume:
             if not has_checkpoints:
                 raise ConfigError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+            if has_results:
+                raise ConfigError(f"--resume: the run in {self.run_dir} has finished (it has "
+                                  "results.json); nothing to resume, nothing was overwritten")
             return
         if has_results or has_checkpoints:
             raise ConfigError(

@@ -177,7 +177,7 @@ def test_defaults_need_no_options() -> None:
         assert arch.output_dim == INPUT_DIM
 
 
-def test_ltb_in_the_trainer_anneals_then_fixes_its_tree(tmp_path) -> None:  # noqa: ANN001
+def test_ltb_in_the_trainer_anneals_then_fixes_its_tree(tmp_path) -> None:
     """Through the trainer: the temperature falls during the search, the tree is fixed
     after `search_fraction` of the steps, the saved model is the fixed tree, and resuming
     is unaffected (the schedule depends only on the step)."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from polytask.balance.base import BALANCERS, GramianAggregator, make_generator
+from polytask.balance.solvers import to_numpy
 
 
 @BALANCERS.register("gradvac", paper="Gradient Vaccine (Wang et al. 2021)")
@@ -29,24 +30,32 @@ class GradVac(GramianAggregator):
         self.targets: Tensor | None = None
 
     def weights(self, gramian: Tensor) -> Tensor:
-        g = gramian.detach().to("cpu", torch.float64)
-        t = g.shape[0]
+        rows = to_numpy(gramian).tolist()  # T is small: plain floats beat tensor ops here
+        t = len(rows)
         if self.targets is None or self.targets.shape[0] != t:
             self.targets = torch.zeros(t, t, dtype=torch.float64)
-        coeffs = torch.eye(t, dtype=torch.float64)
+        targets = self.targets.tolist()
+        total = [0.0] * t
         for i in range(t):
+            coeffs = [0.0] * t
+            coeffs[i] = 1.0
+            dots = list(rows[i])  # dots[j] = g_i'·g_j = (C G)_ij, kept up to date
             for j in torch.randperm(t, generator=self.generator).tolist():
-                norm_i2 = float(coeffs[i] @ g @ coeffs[i])
-                norm_j2 = float(g[j, j])
+                norm_i2 = sum(c * d for c, d in zip(coeffs, dots, strict=True))
+                norm_j2 = rows[j][j]
                 if j == i or norm_i2 <= 0 or norm_j2 <= 0:
                     continue
-                cos = max(-1.0, min(1.0, float(coeffs[i] @ g[:, j]) / math.sqrt(norm_i2 * norm_j2)))
-                target = float(self.targets[i, j])
+                cos = max(-1.0, min(1.0, dots[j] / math.sqrt(norm_i2 * norm_j2)))
+                target = targets[i][j]
                 if cos < target < 1.0:
                     gap = target * math.sqrt(1 - cos**2) - cos * math.sqrt(1 - target**2)
-                    coeffs[i, j] += math.sqrt(norm_i2 / norm_j2) * gap / math.sqrt(1 - target**2)
-                self.targets[i, j] = (1 - self.beta) * target + self.beta * cos
-        return coeffs.sum(0).to(dtype=gramian.dtype, device=gramian.device)
+                    step = math.sqrt(norm_i2 / norm_j2) * gap / math.sqrt(1 - target**2)
+                    coeffs[j] += step
+                    dots = [d + step * r for d, r in zip(dots, rows[j], strict=True)]
+                targets[i][j] = (1 - self.beta) * target + self.beta * cos
+            total = [a + c for a, c in zip(total, coeffs, strict=True)]
+        self.targets = torch.tensor(targets, dtype=torch.float64)
+        return torch.tensor(total, dtype=gramian.dtype, device=gramian.device)
 
     def reset(self) -> None:
         self.targets = None

@@ -17,6 +17,7 @@ from polytask.balance.base import (
     backward_task_specific,
     stack_losses,
 )
+from polytask.balance.gramian import TaskGradients
 from polytask.balance.solvers import to_numpy
 
 
@@ -27,6 +28,8 @@ class MomentumConFIG(Balancer):
     the task's own count), and applies the ConFIG combination to the momenta of the tasks
     seen so far. Costs one shared backward per step and keeps T momentum vectors (in the
     checkpoint). The authors' Adam-like second moment is left to the run's optimizer.
+    With `record_gramian` set, the step also computes the Gramian of this batch's task
+    gradients (a batched backward) for the caller to log.
     Per-task momenta of representation gradients would mix different batches, so
     `representation=True` is refused.
     """
@@ -50,11 +53,16 @@ class MomentumConFIG(Balancer):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        del features
         names, vector = stack_losses(losses)
         self.task_index(names)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
+        # the step itself needs one task's gradient only; the Gramian costs a batched backward
+        self.last_gramian = (
+            TaskGradients([losses[n] for n in names], params, features).gramian().detach()
+            if self.record_gramian
+            else None
+        )
         t = len(self.task_names)
         task = self.task_names[self.step % t]
         grads = torch.autograd.grad(losses[task], params, retain_graph=True, allow_unused=True)

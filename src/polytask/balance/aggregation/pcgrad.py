@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from polytask.balance.base import BALANCERS, GramianAggregator, make_generator
+from polytask.balance.solvers import to_numpy
 
 
 @BALANCERS.register("pcgrad", paper="Gradient Surgery for Multi-Task Learning (Yu et al. 2020)")
@@ -28,15 +29,21 @@ class PCGrad(GramianAggregator):
         self.generator = make_generator(generator)
 
     def weights(self, gramian: Tensor) -> Tensor:
-        g = gramian.detach().to("cpu", torch.float64)
-        t = g.shape[0]
-        coeffs = torch.eye(t, dtype=torch.float64)
+        rows = to_numpy(gramian).tolist()  # T is small: plain floats beat tensor ops here
+        t = len(rows)
+        total = [0.0] * t
         for i in range(t):
+            coeffs = [0.0] * t
+            coeffs[i] = 1.0
+            dots = list(rows[i])  # dots[j] = g_i'·g_j = (C G)_ij, kept up to date
             for j in torch.randperm(t, generator=self.generator).tolist():
-                dot = coeffs[i] @ g[:, j]
-                if j != i and dot < 0 and g[j, j] > 0:
-                    coeffs[i, j] -= dot / g[j, j]
-        return coeffs.sum(0).to(dtype=gramian.dtype, device=gramian.device)
+                diag = rows[j][j]
+                if j != i and dots[j] < 0 and diag > 0:
+                    step = dots[j] / diag
+                    coeffs[j] -= step
+                    dots = [d - step * r for d, r in zip(dots, rows[j], strict=True)]
+            total = [a + c for a, c in zip(total, coeffs, strict=True)]
+        return torch.tensor(total, dtype=gramian.dtype, device=gramian.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,14 +17,21 @@ class FAMO(LossWeighting):
     """FAMO: O(1) space and time per step; it never computes per-task gradients.
 
     With logits ξ and z = softmax(ξ), the step back-propagates Σ_t (z_t / c) log(L_t - m_t),
-    c = Σ_t z_t / (L_t - m_t), so the reported weights w_t = z_t / (c (L_t - m_t)) sum to 1
-    (mean convention). After the optimizer step, `after_step` re-evaluates the batch (one
-    extra forward, no backward) and moves ξ with its own Adam(lr, weight_decay=γ) along the
-    gradient of z·δ, δ_t = log(L_t - m_t) - log(L_t' - m_t) the log-loss decrease, so that
-    tasks that improved less gain weight. m_t = `min_losses` (0 by default).
+    c = Σ_t z_t / (L_t - m_t), whose gradient is that of Σ_t w_t L_t with the reported weights
+    w_t = z_t / (c (L_t - m_t)), which sum to 1 (mean convention); the weighted sum is what is
+    back-propagated. After the optimizer step, `after_step` re-evaluates the batch (one
+    extra forward, no backward) and moves ξ with Adam(lr, weight_decay=γ) along the gradient
+    of z·δ, δ_t = log(L_t - m_t) - log(L_t' - m_t) the log-loss decrease, so that tasks that
+    improved less gain weight. m_t = `min_losses` (0 by default).
+
+    The Adam step on the T logits is written out (the same arithmetic as `torch.optim.Adam`)
+    and all of the method's state lives on the losses' device: a handful of T-vector
+    operations per step and no host-device synchronisation.
     """
 
     needs_all_tasks = True
+    betas = (0.9, 0.999)
+    adam_eps = 1e-8
 
     def __init__(
         self, lr: float = 0.025, weight_decay: float = 1e-3, min_losses: float = 0.0
@@ -37,49 +45,81 @@ class FAMO(LossWeighting):
 
     def setup(self, task_names: Sequence[str]) -> None:
         super().setup(task_names)
-        self.logits = torch.zeros(len(self.task_names), dtype=torch.float64, requires_grad=True)
-        self.optimizer = torch.optim.Adam(
-            [self.logits], lr=self.lr, weight_decay=self.weight_decay
-        )
+        t = len(self.task_names)
+        self.logits = torch.zeros(t, dtype=torch.float64)
+        self.exp_avg = torch.zeros(t, dtype=torch.float64)
+        self.exp_avg_sq = torch.zeros(t, dtype=torch.float64)
+        self.steps = 0
+        self._z = torch.full((t,), 1.0 / t if t else 0.0, dtype=torch.float64)
         self.previous: Tensor | None = None
 
-    def _gap(self, losses: Tensor) -> Tensor:
-        return losses - self.min_losses + self.eps
+    def _to(self, device: torch.device) -> None:
+        if self.logits.device != device:
+            for key in ("logits", "exp_avg", "exp_avg_sq", "_z"):
+                setattr(self, key, getattr(self, key).to(device))
 
     def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
-        self.task_index(names)
         if list(names) != self.task_names:
-            raise ValueError(f"famo needs every task in every step, in order {self.task_names}")
-        gap = self._gap(losses.detach().to(torch.float64))
-        z = torch.softmax(self.logits.detach(), dim=0).to(gap.device)
-        c = (z / gap).sum()
+            self.task_index(names)
+            if list(names) != self.task_names:
+                raise ValueError(
+                    f"famo needs every task in every step, in order {self.task_names}"
+                )
+        self._to(losses.device)
+        gap = losses.detach().to(torch.float64) - (self.min_losses - self.eps)
+        inverse = self._z / gap
         self.previous = gap
-        return (z / (c * gap)).to(losses.dtype)
-
-    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
-        gap = self._gap(losses)
-        return (weights * gap.detach() * torch.log(gap)).sum()
+        return (inverse / inverse.sum()).to(losses.dtype)
 
     def after_step(self, recompute_losses: Callable[[], Mapping[str, Tensor]]) -> None:
-        if self.previous is None:
+        previous, self.previous = self.previous, None
+        if previous is None:
             return
         with torch.no_grad():
             new = recompute_losses()
             current = torch.stack([new[n].reshape(()) for n in self.task_names])
-            delta = torch.log(self.previous) - torch.log(self._gap(current.to(torch.float64)))
-            z = torch.softmax(self.logits, dim=0)
-            # gradient of ξ -> z(ξ)·δ, the softmax Jacobian applied to δ (no autograd needed)
-            self.logits.grad = (z * (delta.to(z.device) - z @ delta.to(z.device))).cpu()
-        self.optimizer.step()
-        self.previous = None
+            current = current.to(previous.device, torch.float64) - (self.min_losses - self.eps)
+            delta = torch.log(previous / current)
+            z = self._z
+            # gradient of ξ -> z(ξ)·δ (the softmax Jacobian applied to δ), plus Adam's L2 term
+            grad = z * (delta - z @ delta)
+            if self.weight_decay:
+                grad = grad.add_(self.logits, alpha=self.weight_decay)
+            beta1, beta2 = self.betas
+            self.steps += 1
+            self.exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            correction2 = math.sqrt(1 - beta2**self.steps)
+            denominator = (self.exp_avg_sq.sqrt() / correction2).add_(self.adam_eps)
+            step_size = self.lr / (1 - beta1**self.steps)
+            self.logits.addcdiv_(self.exp_avg, denominator, value=-step_size)
+            self._z = torch.softmax(self.logits, dim=0)
 
     def reset(self) -> None:
         self.setup(self.task_names)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"logits": self.logits.detach().clone(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "logits": self.logits.detach().cpu().clone(),
+            "exp_avg": self.exp_avg.cpu().clone(),
+            "exp_avg_sq": self.exp_avg_sq.cpu().clone(),
+            "steps": self.steps,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        with torch.no_grad():
-            self.logits.copy_(state["logits"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        device = self.logits.device
+        if "optimizer" in state:  # written by the torch.optim.Adam version
+            adam = next(iter(state["optimizer"]["state"].values()), None)
+            zeros = torch.zeros_like(state["logits"], dtype=torch.float64)
+            state = {
+                "logits": state["logits"],
+                "exp_avg": zeros if adam is None else adam["exp_avg"],
+                "exp_avg_sq": zeros if adam is None else adam["exp_avg_sq"],
+                "steps": 0 if adam is None else int(adam["step"]),
+            }
+        self.logits = state["logits"].to(device, torch.float64).clone()
+        self.exp_avg = state["exp_avg"].to(device, torch.float64).clone()
+        self.exp_avg_sq = state["exp_avg_sq"].to(device, torch.float64).clone()
+        self.steps = int(state["steps"])
+        self._z = torch.softmax(self.logits, dim=0)
+        self.previous = None

@@ -66,10 +66,14 @@ def require_aggregator(balancer: Balancer, what: str) -> GradientAggregator:
 
 
 def gramian_weights(
-    aggregator: GradientAggregator, jacobian: Tensor
-) -> tuple[Tensor, Tensor | None]:
-    """The update `aggregate(J)` and, for a Gramian method, the weights that produced it."""
+    aggregator: GradientAggregator, jacobian: Tensor, need_gramian: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The update `aggregate(J)`, for a Gramian method the weights that produced it, and the
+    Gramian `J Jᵀ` (for a Gramian method, always: it is computed anyway; else only when
+    `need_gramian`)."""
     if isinstance(aggregator, GramianAggregator):
-        w = aggregator.weights(jacobian @ jacobian.T).to(jacobian.dtype)
-        return w @ jacobian, w
-    return aggregator.aggregate(jacobian), None
+        gramian = (jacobian @ jacobian.T).detach()
+        w = aggregator.weights(gramian).to(jacobian.dtype)
+        return w @ jacobian, w, gramian
+    gramian = (jacobian @ jacobian.T).detach() if need_gramian else None
+    return aggregator.aggregate(jacobian), None, gramian

@@ -57,7 +57,11 @@ class Representation(BalancerWrapper):
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
         jacobian = feature_jacobian([losses[n] for n in names], features)
-        update, weights = gramian_weights(self.aggregator, jacobian)
+        # the per-task gradients this method sees are those of the representation
+        update, weights, gramian = gramian_weights(
+            self.aggregator, jacobian, need_gramian=self.record_gramian
+        )
+        self.last_gramian = gramian
         torch.autograd.backward(
             features, grad_tensors=update.view_as(features), inputs=params, retain_graph=True
         )

@@ -53,13 +53,13 @@ class TaskSAM(BalancerWrapper):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        del features
         if self.closure is None:
             raise RuntimeError("per-task SAM needs set_closure(fn) to re-evaluate the losses")
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        jacobian = task_jacobian(vector, params)
+        jacobian = task_jacobian([losses[n] for n in names], params, features)
+        self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         flat = torch.zeros_like(jacobian)
         for t, name in enumerate(names):
             norm = jacobian[t].norm()
@@ -80,7 +80,7 @@ class TaskSAM(BalancerWrapper):
                 if g is None else g.flatten()
                 for g, p in zip(grads, params, strict=True)
             ])
-        update, weights = gramian_weights(self.aggregator, jacobian)
+        update, weights, _ = gramian_weights(self.aggregator, jacobian)
         accumulate_flat(params, update + gramian_weights(self.aggregator, flat - jacobian)[0])
         return {} if weights is None else dict(zip(names, weights.tolist(), strict=True))
 

@@ -46,18 +46,18 @@ class SparseTraining(BalancerWrapper):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        del features
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        jacobian = task_jacobian(vector, params)
+        jacobian = task_jacobian([losses[n] for n in names], params, features)
+        self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         if self.mask is None:
             keep = math.ceil(self.fraction * jacobian.shape[1])
             chosen = jacobian.sum(0).abs().topk(keep).indices
             self.mask = torch.zeros(jacobian.shape[1], dtype=torch.bool, device=jacobian.device)
             self.mask[chosen] = True
         update = torch.zeros_like(jacobian[0])
-        update[self.mask], weights = gramian_weights(self.aggregator, jacobian[:, self.mask])
+        update[self.mask], weights, _ = gramian_weights(self.aggregator, jacobian[:, self.mask])
         accumulate_flat(params, update)
         return {} if weights is None else dict(zip(names, weights.tolist(), strict=True))
 

@@ -17,6 +17,8 @@ from polytask.balance.base import (
     backward_task_specific,
     stack_losses,
 )
+from polytask.balance.gramian import TaskGradients
+from polytask.balance.jacobian import feature_jacobian
 from polytask.balance.wrappers.base import BalancerWrapper
 from polytask.balance.wrappers.representation import Representation
 
@@ -61,7 +63,18 @@ class UpdateEvery(BalancerWrapper):
             params = [p for p in shared_params if p.requires_grad]
             backward_task_specific(vector, params, task_params)
             w = torch.tensor([self.cached[n] for n in names], dtype=vector.dtype)
-            torch.autograd.backward((w.to(vector.device) * vector).sum(), inputs=params)
+            w = w.to(vector.device)
+            self.last_gramian = None
+            if self.record_gramian and not isinstance(self.inner, Representation):
+                # the caller wants the Gramian: the factors give it and the update at once
+                gradients = TaskGradients([losses[n] for n in names], params, features)
+                self.last_gramian = gradients.gramian().detach()
+                gradients.accumulate(w)
+            else:
+                if self.record_gramian and features is not None:
+                    jacobian = feature_jacobian([losses[n] for n in names], features)
+                    self.last_gramian = (jacobian @ jacobian.T).detach()
+                torch.autograd.backward((w * vector).sum(), inputs=params)
         self.step += 1
         return dict(self.cached)
 
