@@ -29,7 +29,7 @@ def _run(args: list[str], env_extra: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("balancer", ["uw", "pcgrad", "mgda"])
+@pytest.mark.parametrize("balancer", ["ew", "uw", "pcgrad", "mgda"])
 def test_two_processes_match_one_process_on_the_combined_batch(
         tmp_path: Path, tabular_file: Path, balancer: str) -> None:
     # SGD: Adam divides by the gradient scale, so float noise on a near-zero gradient
