@@ -154,15 +154,21 @@ def frame_all_missing(frame: pd.DataFrame, columns: Sequence[str]) -> bool:
     return all(any(_is_missing(v) for v in row) for row in rows)
 
 
-def _masked_zero(outputs: Tensor) -> Tensor:
-    return outputs.sum() * 0.0
-
-
 def _masked_cross_entropy(outputs: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy over the labelled positions (rows or tokens); IGNORE is skipped."""
-    if bool((labels == IGNORE).all()):
-        return _masked_zero(outputs)
-    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), labels.reshape(-1))
+    """Cross-entropy averaged over the labelled positions (rows or tokens; IGNORE skipped),
+    0 with a graph when none is labelled. No host sync: it runs every step."""
+    flat = labels.reshape(-1)
+    total = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), flat,
+                            ignore_index=IGNORE, reduction="sum")
+    return total / (flat != IGNORE).sum().clamp(min=1)
+
+
+def _masked_mean(elementwise: Tensor, missing: Tensor) -> Tensor:
+    """Mean of `elementwise` (rows x outputs) over the rows not `missing`; 0 with a graph
+    when every row is missing. No host sync."""
+    keep = (~missing).unsqueeze(-1).to(elementwise.dtype)
+    count = keep.sum() * elementwise.shape[-1]
+    return (elementwise * keep).sum() / count.clamp(min=1)
 
 
 @TASK_KINDS.register("classification", paper="Single-label classification (cross-entropy)")
@@ -298,10 +304,10 @@ class MultiLabel(TaskKind):
         return out
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        keep = ~labels.isnan().any(dim=-1)
-        if not bool(keep.any()):
-            return _masked_zero(outputs)
-        return F.binary_cross_entropy_with_logits(outputs[keep], labels[keep])
+        missing = labels.isnan().any(dim=-1)
+        targets = labels.nan_to_num(0.0)
+        return _masked_mean(F.binary_cross_entropy_with_logits(
+            outputs, targets, reduction="none"), missing)
 
     def predict(self, outputs: Tensor) -> Tensor:
         return (outputs > 0).long()
@@ -375,10 +381,9 @@ class Regression(TaskKind):
         return (labels - torch.tensor(self.mean)) / torch.tensor(self.std)
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        keep = ~labels.isnan().any(dim=-1)
-        if not bool(keep.any()):
-            return _masked_zero(outputs)
-        return F.mse_loss(outputs[keep], self._standardise(labels[keep]))
+        missing = labels.isnan().any(dim=-1)
+        targets = self._standardise(labels).nan_to_num(0.0)
+        return _masked_mean(F.mse_loss(outputs, targets, reduction="none"), missing)
 
     def predict(self, outputs: Tensor) -> Tensor:
         return outputs.detach() * torch.tensor(self.std) + torch.tensor(self.mean)

@@ -90,8 +90,12 @@ class ProgressDisplay:
         return self
 
     def update(self, step: int, losses: Mapping[str, float]) -> None:
-        text = "  ".join(f"{k.removeprefix('loss/')} {v:.3f}" for k, v in losses.items())
-        self.progress.update(self.task, completed=step, losses=text)
+        """Advance to `step`; show `losses` when given (the last ones shown stay)."""
+        if losses:
+            text = "  ".join(f"{k.removeprefix('loss/')} {v:.3f}" for k, v in losses.items())
+            self.progress.update(self.task, completed=step, losses=text)
+        else:
+            self.progress.update(self.task, completed=step)
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()

@@ -248,7 +248,10 @@ class Trainer:
             callback.on_log(record)
 
     def _check_finite(self, losses: Mapping[str, Tensor]) -> bool:
-        bad = [t for t, v in losses.items() if not bool(torch.isfinite(v))]
+        values = torch.stack([v.detach().reshape(()) for v in losses.values()])
+        finite = torch.isfinite(values)
+        bad = [] if bool(finite.all()) else [t for t, ok in zip(losses, finite.tolist(),
+                                                                strict=True) if not ok]
         if self.world.distributed:  # every rank must take the same decision
             flag = self.world.mean_(torch.tensor([float(bool(bad))], device=self.device))
             if float(flag) > 0 and not bad:
@@ -266,12 +269,15 @@ class Trainer:
         )
 
     def _train_step(self) -> dict[str, float]:
+        """One optimizer step. Returns what is logged: empty except on logging steps."""
         train = self.config.train
+        logging = (self.step + 1) % train.log_every == 0 or self.step + 1 == train.max_steps
         if self.model.architecture.before_step(self.step, train.max_steps):
             self.shared_params = self.model.shared_parameters()
             self._task_params.clear()
         logged: dict[str, float] = {}
         batch: Mapping[str, tuple[Encoded, Tensor]] = {}
+        loss_sums: dict[str, list[Tensor]] = {}  # each task's micro-batch losses
         skipped = False
         for micro in range(train.grad_accum):
             tasks = self.sampler.tasks_for_step(self.step * train.grad_accum + micro)
@@ -285,18 +291,23 @@ class Trainer:
             if auxiliary is not None and self.config.model.auxiliary_loss_weight:
                 (auxiliary * self.config.model.auxiliary_loss_weight / train.grad_accum
                  ).backward(retain_graph=True)
-                logged["auxiliary_loss"] = auxiliary.item()
+                if logging:
+                    logged["auxiliary_loss"] = auxiliary.item()
             self.balancer.set_closure(lambda b=batch: {
                 t: v / train.grad_accum for t, v in self._forward(b).items()})
             features = self.model.representation if self.balancer.supports_features else None
-            self.balancer.record_gramian = (self.step + 1) % train.log_every == 0
+            self.balancer.record_gramian = logging
             weights = self.balancer.backward(
                 scaled, self.shared_params, features=features,
                 task_params=self._params_of(tuple(losses)))
-            if self.balancer.record_gramian and self.balancer.last_gramian is not None:
+            if not logging:
+                continue
+            if self.balancer.last_gramian is not None:
                 logged.update(gradient_cosines(list(losses), self.balancer.last_gramian))
-            logged.update({f"loss/{t}": v.item() for t, v in losses.items()})
+            for task, value in losses.items():
+                loss_sums.setdefault(task, []).append(value.detach())
             logged.update({f"weight/{t}": w for t, w in weights.items()})
+        logged.update({f"loss/{t}": float(torch.stack(v).mean()) for t, v in loss_sums.items()})
         if skipped and train.grad_accum == 1:
             self.optimizer.zero_grad(set_to_none=True)
             return logged
@@ -304,13 +315,16 @@ class Trainer:
             self.balancer.finish_step(self.balancer.parameters())
         if train.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, train.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            if logging:
+                logged["grad_norm"] = float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         last_batch = batch
         self.balancer.after_step(lambda: self._recompute(last_batch))
-        logged["lr"] = self.scheduler.get_last_lr()[0]
+        if logging:
+            logged["lr"] = self.scheduler.get_last_lr()[0]
         return logged
 
     def _params_of(self, tasks: tuple[str, ...]) -> list[torch.nn.Parameter]:
@@ -367,7 +381,7 @@ class Trainer:
                 logged = self._train_step()
                 step_times.append(time.perf_counter() - tick)
                 self.step += 1
-                if self.step % train.log_every == 0 or self.step == train.max_steps:
+                if logged:
                     self._record({"step": self.step, "split": "train", **logged})
                 bar.update(self.step, {k: v for k, v in logged.items() if k.startswith("loss/")})
                 if self.step % train.eval_every == 0 or self.step == train.max_steps:
