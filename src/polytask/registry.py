@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,9 +49,10 @@ class Registry(Generic[T]):
         def decorate(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is registered twice")
-            doc = (getattr(entry, "__doc__", None) or "").strip().splitlines()
+            doc = inspect.cleandoc(getattr(entry, "__doc__", None) or "")
+            summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph
             self._entries[name] = entry
-            self._info[name] = MethodInfo(self.family, name, paper, doc[0] if doc else "")
+            self._info[name] = MethodInfo(self.family, name, paper, summary)
             return entry
 
         return decorate
