@@ -19,9 +19,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
-def _config(path: Path, **overrides: object):
+def _config(path: Path, balancer: str = "uw", **overrides: object):
     settings = {"max_steps": 24, "eval_every": 6, "checkpoint_every": 4, **overrides}
-    return load_config(tabular_config(path, **settings), ["balancer=uw", "sampler=all"])
+    return load_config(tabular_config(path, **settings), [f"balancer={balancer}",
+                                                          "sampler=all"])
 
 
 def test_same_seed_gives_identical_results(tmp_path: Path, tabular_file: Path) -> None:
@@ -34,11 +35,15 @@ def test_same_seed_gives_identical_results(tmp_path: Path, tabular_file: Path) -
     assert other["tasks"] != first["tasks"]
 
 
-@pytest.mark.parametrize("crash_at", [5, 13])
+@pytest.mark.parametrize(("crash_at", "balancer"), [
+    (5, "uw"), (13, "uw"), (13, "dwa"), (13, "famo"), (13, "gradvac"), (13, "nash_mtl"),
+    (13, "rlw"), (13, "{name: pcgrad, sparse: 0.5}")])
 def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, tabular_file: Path,
                                                monkeypatch: pytest.MonkeyPatch,
-                                               crash_at: int) -> None:
-    reference = Trainer(_config(tabular_file, grad_accum=2), tmp_path / "ref").fit()
+                                               crash_at: int, balancer: str) -> None:
+    """Stateful balancers (loss history, logits, EMA targets, random draws, a fixed
+    parameter subset) resume exactly."""
+    reference = Trainer(_config(tabular_file, balancer, grad_accum=2), tmp_path / "ref").fit()
 
     original = Trainer._train_step
 
@@ -49,9 +54,10 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, tabular_file: Pat
 
     monkeypatch.setattr(Trainer, "_train_step", crashing)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(_config(tabular_file, grad_accum=2), tmp_path / "run").fit()
+        Trainer(_config(tabular_file, balancer, grad_accum=2), tmp_path / "run").fit()
     monkeypatch.setattr(Trainer, "_train_step", original)
-    resumed = Trainer(_config(tabular_file, grad_accum=2), tmp_path / "run", resume=True).fit()
+    resumed = Trainer(_config(tabular_file, balancer, grad_accum=2), tmp_path / "run",
+                      resume=True).fit()
 
     assert resumed["tasks"] == reference["tasks"]
     for name, tensor in _weights(tmp_path / "ref").items():
