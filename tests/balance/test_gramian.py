@@ -106,3 +106,27 @@ def test_no_cut_through_another_output_of_the_same_node() -> None:
     first, second = torch.relu(net.a(torch.randn(6, 40))).split(15, dim=1)
     losses = [(first**2).mean(), (first.sum(1) * second.sum(1)).mean()]
     assert cut_at_features(losses, first, net.shared()) is None
+
+
+@pytest.mark.parametrize(("kind", "shape", "d_in", "width", "factored"), CASES)
+@pytest.mark.parametrize("size", [1, 37, 600, None])
+def test_blocks_tile_the_jacobian(
+    kind: str, shape: tuple[int, ...], d_in: int, width: int, factored: int, size: int | None
+) -> None:
+    net = Net(kind, d_in, width, tasks=3)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    losses = net.losses(x)
+    params = net.shared()
+    grads = TaskGradients(losses, params)
+    expected = (0, 0)
+    pieces = []
+    for i, start, block in grads.blocks(size):
+        if expected[1] == params[expected[0]].numel():
+            expected = (expected[0] + 1, 0)
+        assert (i, start) == expected
+        assert block.shape[0] == 3
+        pieces.append(block)
+        expected = (i, start + block.shape[1])
+    assert expected == (len(params) - 1, params[-1].numel())
+    assert torch.equal(torch.cat(pieces, dim=1), grads.jacobian(size))
+    assert torch.allclose(grads.jacobian(size), task_jacobian(losses, params), rtol=1e-4, atol=1e-6)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 import polytask.balance as balance
+import polytask.balance.gramian as gramian
 from polytask.balance.base import GradientAggregator
 from polytask.balance.jacobian import task_jacobian
 
@@ -99,6 +102,42 @@ def test_sparse_updates_only_the_chosen_entries() -> None:
     restored = balance.get("pcgrad", sparse=0.25)
     restored.load_state_dict(b.state_dict())
     assert torch.equal(restored.mask, b.mask)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "graddrop"])
+@pytest.mark.parametrize("block", [7, None])
+def test_sparse_matches_the_restricted_jacobian(
+    monkeypatch: pytest.MonkeyPatch, name: str, block: int | None
+) -> None:
+    """The entries gathered block by block from the factors are those of the full Jacobian:
+    the mask is the top |column sum| and the update is the method's on the kept columns."""
+    if block is not None:
+        monkeypatch.setattr(gramian, "BLOCK", block)
+    def make(**options: object) -> balance.Balancer:
+        if name == "graddrop":  # the same draws in both
+            options["generator"] = torch.Generator().manual_seed(2)
+        return balance.get(name, **options)
+
+    model = TinyMultiTask(width=16).double()
+    twin = make()
+    assert isinstance(twin, GradientAggregator)
+    b = make(sparse=0.3)
+    b.setup(NAMES)
+    mask = None
+    for step in range(2):
+        model.zero_grad()
+        x, y = batch(seed=step)
+        losses, features = model.losses(x.double(), y.double())
+        b.backward(losses, model.shared(), features, model.task_params())
+        jacobian = task_jacobian([losses[n] for n in NAMES], model.shared())
+        if mask is None:
+            keep = math.ceil(0.3 * jacobian.shape[1])
+            mask = torch.zeros(jacobian.shape[1], dtype=torch.bool)
+            mask[jacobian.sum(0).abs().topk(keep).indices] = True
+            assert torch.equal(mask, b.mask)  # type: ignore[attr-defined]
+        expected = torch.zeros(jacobian.shape[1], dtype=torch.float64)
+        expected[mask] = twin.aggregate(jacobian[:, mask])
+        assert torch.allclose(flat_grads(model.shared()), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:

@@ -3,13 +3,20 @@ Gradient Sign Dropout", NeurIPS)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GradientAggregator, make_generator
+from polytask.balance.base import (
+    BALANCERS,
+    GradientAggregator,
+    backward_task_specific,
+    make_generator,
+    stack_losses,
+)
+from polytask.balance.gramian import TaskGradients
 
 
 @BALANCERS.register("graddrop", paper="Just Pick a Sign: Gradient Sign Dropout (Chen 2020)")
@@ -19,6 +26,16 @@ class GradDrop(GradientAggregator):
     kept where P > U, negative ones where P < U. The update is the sum of the surviving
     entries (sum convention). Not Gramian-expressible (it acts per coordinate). The paper
     applies it to activation gradients: use `representation=True` for that.
+
+    Each step draws one float64 uniform per shared coordinate, in the order of the
+    flattened, concatenated parameters (one `torch.rand(P)` call on `generator`). `backward`
+    works a block of coordinates at a time from the factored per-task gradients
+    (`TaskGradients.blocks`: a few rows of a linear layer's weight at once) and never forms
+    the T x P matrix; per coordinate it does the same arithmetic on the same draw as
+    `aggregate` on the full matrix, so its update is bit for bit that of
+    `aggregate(TaskGradients.jacobian())` for the same generator state. (That matrix is
+    assembled from the same row blocks; a whole-layer matrix product can differ from the
+    row-block ones in the last bits for some shapes, as the BLAS picks kernels by shape.)
     """
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
@@ -26,21 +43,84 @@ class GradDrop(GradientAggregator):
         self.generator = make_generator(generator)
 
     def aggregate(self, jacobian: Tensor) -> Tensor:
-        # Σ_t of the kept entries is `positive` where P > U and `-negative` where P < U, with
-        # positive/negative the sums of the positive parts and of the negative parts: two
-        # passes over the T x P matrix instead of one per operation.
-        total = jacobian.sum(0)
-        positive = jacobian.clamp_min(0).sum(0)
-        negative = positive - total  # Σ_t max(-g_t, 0)
-        magnitude = positive + negative
-        ratio = torch.where(magnitude > 0, total / magnitude.clamp_min(1e-300), 0.0)
-        purity = 0.5 * (1 + ratio)
         draw = torch.rand(jacobian.shape[1], generator=self.generator, dtype=torch.float64)
-        draw = draw.to(dtype=jacobian.dtype, device=jacobian.device)
-        return torch.where(purity > draw, positive, 0.0) - torch.where(purity < draw, negative, 0.0)
+        return _drop(jacobian, draw)
+
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        shared_params: Sequence[Tensor],
+        features: Tensor | None = None,
+        task_params: Sequence[Tensor] | None = None,
+    ) -> dict[str, float]:
+        names, vector = stack_losses(losses)
+        params = [p for p in shared_params if p.requires_grad]
+        backward_task_specific(vector, params, task_params)
+        gradients = TaskGradients([losses[n] for n in names], params, features)
+        self.last_gramian = gradients.gramian().detach() if self.record_gramian else None
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        draw = torch.rand(offsets[-1], generator=self.generator, dtype=torch.float64)
+        if params and params[0].device != draw.device:
+            draw = draw.to(params[0].device)
+        with torch.no_grad():
+            targets = [_target(p) for p in params]
+            for i, start, block in gradients.blocks():
+                flat, fresh = targets[i]
+                n = block.shape[1]
+                first = offsets[i] + start
+                update = _drop(block, draw[first : first + n], overwrite=True)
+                if fresh:  # the blocks tile the parameter: each entry is written once
+                    flat[start : start + n].copy_(update)
+                else:
+                    flat[start : start + n].add_(update)
+            for p, (flat, fresh) in zip(params, targets, strict=True):
+                if fresh:
+                    p.grad = flat.view_as(p) if p.grad is None else p.grad.add_(flat.view_as(p))
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def _target(param: Tensor) -> tuple[Tensor, bool]:
+    """Where a parameter's update goes: its flattened `.grad` when that exists and is
+    contiguous (added into), else a new buffer (written, then made or added into `.grad`
+    by the caller: fresh is True)."""
+    grad = param.grad
+    if grad is not None and grad.is_contiguous():
+        return grad.view(-1), False
+    return torch.empty(param.numel(), dtype=param.dtype, device=param.device), True
+
+
+#: integer dtype of each float dtype's width, to select entries by bit masks
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _keep(values: Tensor, mask: Tensor) -> Tensor:
+    """`torch.where(mask, values, 0.0)` (bit for bit, NaN and infinities included) as an
+    and with an all-ones-or-zero bit mask: `where` branches per entry, which on the CPU costs
+    several times as much with a random mask."""
+    bits = _BITS[values.element_size()]
+    return (values.view(bits) & mask.to(bits).neg_()).view(values.dtype)
+
+
+def _drop(jacobian: Tensor, draw: Tensor, overwrite: bool = False) -> Tensor:
+    """The GradDrop update of the columns of `jacobian` (T x n) given their uniforms (n);
+    with `overwrite`, `jacobian` is used as scratch space."""
+    # Σ_t of the kept entries is `positive` where P > U and `-negative` where P < U, with
+    # positive/negative the sums of the positive parts and of the negative parts: two
+    # passes over the T x n matrix instead of one per operation.
+    total = jacobian.sum(0)
+    positive = (jacobian.clamp_min_(0) if overwrite else jacobian.clamp_min(0)).sum(0)
+    negative = positive - total  # Σ_t max(-g_t, 0)
+    magnitude = positive + negative
+    # where(magnitude > 0, total / magnitude, 0)
+    ratio = _keep(total / magnitude.clamp_min(1e-300), magnitude > 0)
+    purity = 0.5 * (1 + ratio)
+    draw = draw.to(dtype=jacobian.dtype, device=jacobian.device)
+    return _keep(positive, purity > draw) - _keep(negative, purity < draw)

@@ -18,7 +18,7 @@ from polytask.balance.base import (
     backward_task_specific,
     stack_losses,
 )
-from polytask.balance.jacobian import task_jacobian
+from polytask.balance.gramian import TaskGradients
 from polytask.balance.wrappers.base import BalancerWrapper, gramian_weights, require_aggregator
 
 
@@ -29,6 +29,9 @@ class SparseTraining(BalancerWrapper):
     largest |gradient of the summed loss| (our selection rule; the paper compares several)
     and is kept in the checkpoint. The other entries get no gradient from the balancer (an
     optimizer's weight decay still acts on them).
+
+    The restricted T x K matrix is gathered a block at a time from the factored per-task
+    gradients (`TaskGradients.blocks`), so the full T x P matrix is never formed.
     """
 
     def __init__(self, inner: Balancer, fraction: float) -> None:
@@ -49,17 +52,43 @@ class SparseTraining(BalancerWrapper):
         names, vector = stack_losses(losses)
         params = [p for p in shared_params if p.requires_grad]
         backward_task_specific(vector, params, task_params)
-        jacobian = task_jacobian([losses[n] for n in names], params, features)
-        self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
+        gradients = TaskGradients([losses[n] for n in names], params, features)
+        self.last_gramian = gradients.gramian().detach() if self.record_gramian else None
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
         if self.mask is None:
-            keep = math.ceil(self.fraction * jacobian.shape[1])
-            chosen = jacobian.sum(0).abs().topk(keep).indices
-            self.mask = torch.zeros(jacobian.shape[1], dtype=torch.bool, device=jacobian.device)
-            self.mask[chosen] = True
-        update = torch.zeros_like(jacobian[0])
-        update[self.mask], weights, _ = gramian_weights(self.aggregator, jacobian[:, self.mask])
+            self.mask = self._choose(gradients, offsets)
+        mask = self.mask
+        pieces = [
+            block[:, mask[offsets[i] + start : offsets[i] + start + block.shape[1]]]
+            for i, start, block in gradients.blocks()
+        ]
+        if pieces:
+            selected = torch.cat(pieces, dim=1)
+        else:
+            selected = torch.zeros(len(names), 0, dtype=vector.dtype, device=vector.device)
+        update = torch.zeros(offsets[-1], dtype=selected.dtype, device=selected.device)
+        update[mask], weights, _ = gramian_weights(self.aggregator, selected)
         accumulate_flat(params, update)
         return {} if weights is None else dict(zip(names, weights.tolist(), strict=True))
+
+    def _choose(self, gradients: TaskGradients, offsets: list[int]) -> Tensor:
+        """The mask of the `fraction` of entries with the largest |Σ_t g_t|."""
+        summed: Tensor | None = None
+        for i, start, block in gradients.blocks():
+            column = block.sum(0)
+            if summed is None:
+                summed = column.new_empty(offsets[-1])
+            summed[offsets[i] + start : offsets[i] + start + column.numel()] = column
+        if summed is None:
+            like = gradients.other_grads
+            return torch.zeros(offsets[-1], dtype=torch.bool, device=like.device)
+        keep = math.ceil(self.fraction * summed.numel())
+        chosen = summed.abs().topk(keep).indices
+        mask = torch.zeros(summed.numel(), dtype=torch.bool, device=summed.device)
+        mask[chosen] = True
+        return mask
 
     def reset(self) -> None:
         super().reset()
