@@ -152,6 +152,19 @@ def backward_task_specific(
         p.grad = g
 
 
+def start_backward(
+    losses: Mapping[str, Tensor],
+    shared_params: Sequence[Tensor],
+    task_params: Sequence[Tensor] | None,
+) -> tuple[list[str], Tensor, list[Tensor]]:
+    """What every per-task-gradient method does first: the task names, the loss vector and
+    the trainable shared parameters; task-specific parameters get their own gradients."""
+    names, vector = stack_losses(losses)
+    params = [p for p in shared_params if p.requires_grad]
+    backward_task_specific(vector, params, task_params)
+    return names, vector, params
+
+
 def accumulate_flat(params: Sequence[Tensor], update: Tensor) -> None:
     """Add a flat update vector into the `.grad` of `params` (in order)."""
     offset = 0
@@ -207,9 +220,7 @@ class GradientAggregator(Balancer):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, _vector, params = start_backward(losses, shared_params, task_params)
         jacobian = TaskGradients([losses[n] for n in names], params, features).jacobian()
         self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         accumulate_flat(params, self.aggregate(jacobian))
@@ -238,9 +249,7 @@ class GramianAggregator(GradientAggregator):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, vector, params = start_backward(losses, shared_params, task_params)
         gradients = TaskGradients([losses[n] for n in names], params, features)
         gramian = gradients.gramian()
         self.last_gramian = gramian.detach()

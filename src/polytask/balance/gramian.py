@@ -139,6 +139,10 @@ class TaskGradients:
         self, losses: Losses, params: Sequence[Tensor], features: Tensor | None = None
     ) -> None:
         self.params = list(params)
+        #: Where each parameter starts in the flattened parameter vector (and its length).
+        self.offsets = [0]
+        for p in self.params:
+            self.offsets.append(self.offsets[-1] + p.numel())
         cut = cut_at_features(losses, features, self.params)
         if cut is not None:
             assert features is not None
@@ -196,11 +200,8 @@ class TaskGradients:
         from the factors: the `blocks(size)` side by side, so that a method that works
         block by block computes, bit for bit, what it would on this matrix."""
         like = self.other_grads
-        total = sum(p.numel() for p in self.params)
-        out = torch.empty(self.tasks, total, dtype=like.dtype, device=like.device)
-        offsets = [0]
-        for p in self.params:
-            offsets.append(offsets[-1] + p.numel())
+        offsets = self.offsets
+        out = torch.empty(self.tasks, offsets[-1], dtype=like.dtype, device=like.device)
         for i, start, block in self.blocks(size):
             first = offsets[i] + start
             out[:, first : first + block.shape[1]] = block

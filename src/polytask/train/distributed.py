@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from polytask.balance import Balancer, GradientAggregator, GramianAggregator
-from polytask.balance.base import accumulate_flat, backward_task_specific, stack_losses
+from polytask.balance.base import accumulate_flat, start_backward
 from polytask.balance.jacobian import task_jacobian
 from polytask.balance.wrappers.base import BalancerWrapper
 from polytask.errors import ConfigError
@@ -160,9 +160,7 @@ class DistributedBalancer(Balancer):
             self._local += list(task_params or [])
             return self.inner.backward(_global_values(losses, self.world), shared_params,
                                        None, task_params)
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, vector, params = start_backward(losses, shared_params, task_params)
         self._local = list(task_params or [])
         jacobian = self.world.mean_(task_jacobian(vector, params))
         gramian = jacobian @ jacobian.T

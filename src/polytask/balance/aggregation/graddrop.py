@@ -12,9 +12,8 @@ from torch import Tensor
 from polytask.balance.base import (
     BALANCERS,
     GradientAggregator,
-    backward_task_specific,
     make_generator,
-    stack_losses,
+    start_backward,
 )
 from polytask.balance.gramian import TaskGradients
 
@@ -53,14 +52,10 @@ class GradDrop(GradientAggregator):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, _vector, params = start_backward(losses, shared_params, task_params)
         gradients = TaskGradients([losses[n] for n in names], params, features)
         self.last_gramian = gradients.gramian().detach() if self.record_gramian else None
-        offsets = [0]
-        for p in params:
-            offsets.append(offsets[-1] + p.numel())
+        offsets = gradients.offsets
         draw = torch.rand(offsets[-1], generator=self.generator, dtype=torch.float64)
         if params and params[0].device != draw.device:
             draw = draw.to(params[0].device)

@@ -14,8 +14,7 @@ from polytask.balance.base import (
     BALANCERS,
     Balancer,
     accumulate_flat,
-    backward_task_specific,
-    stack_losses,
+    start_backward,
 )
 from polytask.balance.gramian import TaskGradients
 from polytask.balance.solvers import to_numpy
@@ -53,10 +52,8 @@ class MomentumConFIG(Balancer):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        names, vector = stack_losses(losses)
+        names, _vector, params = start_backward(losses, shared_params, task_params)
         self.task_index(names)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
         # the step itself needs one task's gradient only; the Gramian costs a batched backward
         self.last_gramian = (
             TaskGradients([losses[n] for n in names], params, features).gramian().detach()

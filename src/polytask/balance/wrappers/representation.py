@@ -13,8 +13,7 @@ from polytask.balance.base import (
     WRAPPERS,
     Balancer,
     WrapperOption,
-    backward_task_specific,
-    stack_losses,
+    start_backward,
 )
 from polytask.balance.jacobian import feature_jacobian
 from polytask.balance.wrappers.base import BalancerWrapper, gramian_weights, require_aggregator
@@ -53,9 +52,7 @@ class Representation(BalancerWrapper):
                 "representation=True needs the shared representation: pass features= to "
                 "backward (the model must expose it)"
             )
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, _vector, params = start_backward(losses, shared_params, task_params)
         jacobian = feature_jacobian([losses[n] for n in names], features)
         # the per-task gradients this method sees are those of the representation
         update, weights, gramian = gramian_weights(

@@ -14,8 +14,7 @@ from polytask.balance.base import (
     Balancer,
     WrapperOption,
     accumulate_flat,
-    backward_task_specific,
-    stack_losses,
+    start_backward,
 )
 from polytask.balance.jacobian import task_jacobian
 from polytask.balance.wrappers.base import BalancerWrapper, gramian_weights, require_aggregator
@@ -55,9 +54,7 @@ class TaskSAM(BalancerWrapper):
     ) -> dict[str, float]:
         if self.closure is None:
             raise RuntimeError("per-task SAM needs set_closure(fn) to re-evaluate the losses")
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, _vector, params = start_backward(losses, shared_params, task_params)
         jacobian = task_jacobian([losses[n] for n in names], params, features)
         self.last_gramian = (jacobian @ jacobian.T).detach() if self.record_gramian else None
         flat = torch.zeros_like(jacobian)

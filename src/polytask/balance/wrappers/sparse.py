@@ -15,8 +15,7 @@ from polytask.balance.base import (
     Balancer,
     WrapperOption,
     accumulate_flat,
-    backward_task_specific,
-    stack_losses,
+    start_backward,
 )
 from polytask.balance.gramian import TaskGradients
 from polytask.balance.wrappers.base import BalancerWrapper, gramian_weights, require_aggregator
@@ -49,14 +48,10 @@ class SparseTraining(BalancerWrapper):
         features: Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
     ) -> dict[str, float]:
-        names, vector = stack_losses(losses)
-        params = [p for p in shared_params if p.requires_grad]
-        backward_task_specific(vector, params, task_params)
+        names, vector, params = start_backward(losses, shared_params, task_params)
         gradients = TaskGradients([losses[n] for n in names], params, features)
         self.last_gramian = gradients.gramian().detach() if self.record_gramian else None
-        offsets = [0]
-        for p in params:
-            offsets.append(offsets[-1] + p.numel())
+        offsets = gradients.offsets
         if self.mask is None:
             self.mask = self._choose(gradients, offsets)
         mask = self.mask
