@@ -57,6 +57,12 @@ class World:
             tensor.div_(self.size)
         return tensor
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when `flag` is true on at least one (so all decide alike)."""
+        if not self.distributed:
+            return flag
+        return float(self.mean_(torch.tensor([float(flag)], device=device))) > 0
+
     def mean_grads(self, params: Sequence[Tensor]) -> None:
         """Average the `.grad` of `params` over ranks with one flat all-reduce."""
         if not self.distributed or not params:

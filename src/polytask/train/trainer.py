@@ -252,10 +252,8 @@ class Trainer:
         finite = torch.isfinite(values)
         bad = [] if bool(finite.all()) else [t for t, ok in zip(losses, finite.tolist(),
                                                                 strict=True) if not ok]
-        if self.world.distributed:  # every rank must take the same decision
-            flag = self.world.mean_(torch.tensor([float(bool(bad))], device=self.device))
-            if float(flag) > 0 and not bad:
-                bad = ["(another process)"]
+        if self.world.any(bool(bad), self.device) and not bad:  # all ranks decide alike
+            bad = ["(another process)"]
         if not bad:
             return True
         if self.config.train.nan_policy == "skip":
@@ -386,9 +384,8 @@ class Trainer:
                 bar.update(self.step, {k: v for k, v in logged.items() if k.startswith("loss/")})
                 if self.step % train.eval_every == 0 or self.step == train.max_steps:
                     stopped_early = self._evaluate()
-                if self.world.distributed:  # a signal to one process stops them all
-                    stop.requested = bool(float(self.world.mean_(torch.tensor(
-                        [float(stop.requested)], device=self.device))) > 0)
+                # a signal to one process stops them all
+                stop.requested = self.world.any(stop.requested, self.device)
                 if self.step % every == 0 or stopped_early or stop.requested:
                     self._save_checkpoint()
                 if stop.requested:
