@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from polytask.balance import BALANCERS
+from polytask.method_options import METHOD_FIELDS, method_options
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import MethodInfo
 from polytask.tasks.kinds import TASK_KINDS
@@ -13,3 +17,14 @@ from polytask.train.callbacks import CALLBACKS
 def all_methods() -> list[MethodInfo]:
     return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *TASK_KINDS.info(),
             *CALLBACKS.info()]
+
+
+def method_record(info: MethodInfo) -> dict[str, Any]:
+    """One entry of `polytask methods --json`: family, name, paper, summary and, for methods
+    a config section names (samplers, balancers, architectures), their options with types
+    and defaults."""
+    record: dict[str, Any] = dict(info.__dict__)
+    for registry in METHOD_FIELDS.values():
+        if registry.family == info.family:
+            record["options"] = [asdict(o) for o in method_options(registry, info.name)]
+    return record

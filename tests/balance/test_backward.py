@@ -54,6 +54,10 @@ def test_backward_fills_shared_and_task_gradients(name: str) -> None:
         w = torch.tensor([weights[n] for n in NAMES])
         expected = torch.autograd.grad((w * vector).sum(), model.shared(), retain_graph=True)
         assert torch.allclose(shared, torch.cat([g.flatten() for g in expected]), rtol=1e-4)
+    else:  # one task per step (M-ConFIG): the first step is the first task's gradient alone
+        assert weights == pytest.approx({NAMES[0]: 1.0})
+        expected = torch.autograd.grad(losses[NAMES[0]], model.shared(), retain_graph=True)
+        assert torch.allclose(shared, torch.cat([g.flatten() for g in expected]), rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", balance.names())
