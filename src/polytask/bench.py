@@ -23,7 +23,6 @@ config says `baselines: none`).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +88,9 @@ def bench_config(source: str | Path, steps: int | None = None,
         train["eval_every"] = min(int(train.get("eval_every", 100)), max(1, steps // 5))
     train["progress"] = False
     data["train"] = train
-    return load_config(data, overrides)
+    # relative data paths in a config file are read against its folder, as in `train`
+    return load_config(data, overrides, base_dir=path.absolute().parent
+                       if path.suffix.lower() in (".yaml", ".yml") or path.exists() else None)
 
 
 @dataclass
@@ -118,6 +119,8 @@ class BenchOutcome:
 
 
 def _with_seed(config: RunConfig, seed: int) -> RunConfig:
+    """`config` with another training seed; `train.split_seed` stays, so every seed is scored
+    on the same carved test rows."""
     return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
@@ -199,6 +202,17 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
             "folder to retrain it (nothing was overwritten)")
 
 
+def _split_note(runs: Sequence[Mapping[str, Any]], split_seed: int) -> str:
+    """Where the validation/test rows of the table come from."""
+    carved = sorted({split for run in runs
+                     for source in (run.get("splits") or {}).get("sources", {}).values()
+                     for split in source.get("carved", [])})
+    if not carved:
+        return "Splits: as the dataset gives them, the same for every seed."
+    return (f"Splits: {' and '.join(carved)} carved from train with train.split_seed "
+            f"{split_seed}, fixed across seeds, so ± is the spread over training seeds only.")
+
+
 def _baselines_wall_time(base: RunConfig, seeds: Sequence[int]) -> float | None:
     """Total wall time of the single-task baselines the bench compares against."""
     import json
@@ -262,10 +276,10 @@ def run_bench(base: RunConfig, balancers: str | Sequence[str] = DEFAULT_BALANCER
                     values = train_baselines(seeded, console)
                 baselines[cell.seed] = values
         resume = bool(list_checkpoints(run_dir / "checkpoints"))
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir)  # died before its first checkpoint: start over
         tick = time.perf_counter()
-        results = Trainer(cell.config, run_dir, resume=resume, console=console,
+        # a cell that died before its first checkpoint starts over from step 0 (resume=True
+        # without a checkpoint); a folder that is not a run is refused, never deleted
+        results = Trainer(cell.config, run_dir, resume=run_dir.exists(), console=console,
                           baselines=baselines[cell.seed]).fit()
         if resume:
             outcome.resumed += 1
@@ -287,7 +301,7 @@ def run_bench(base: RunConfig, balancers: str | Sequence[str] = DEFAULT_BALANCER
         "balancers": _split_names(balancers), "architectures": _split_names(architectures),
         "seeds": board["seeds"], "steps": base.train.max_steps,
         "batch_size": base.train.batch_size, "lr": base.train.lr,
-        "train_size": suite.get("train_size"),
+        "train_size": suite.get("train_size"), "split_seed": base.train.split_seed,
         "cells_wall_time_s": round(sum(r.get("wall_time_s") or 0 for r in runs), 1),
         "baselines_wall_time_s": _baselines_wall_time(base, board["seeds"]),
         "last_invocation": {
@@ -299,7 +313,8 @@ def run_bench(base: RunConfig, balancers: str | Sequence[str] = DEFAULT_BALANCER
     write_json(out / "leaderboard.json", board)
     notes = [f"Command: `{command}`" if command else "",
              f"Settings: {base.train.max_steps} steps, batch {base.train.batch_size} per task, "
-             f"lr {base.train.lr}" + (f", suite options {suite}" if suite else "") + "."]
+             f"lr {base.train.lr}" + (f", suite options {suite}" if suite else "") + ".",
+             _split_note(runs, base.train.split_seed)]
     title = f"Leaderboard · {board['bench']['source']}"
     (out / "leaderboard.md").write_text(
         leaderboard_markdown(board, title, [n for n in notes if n]))

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from polytask.errors import PolytaskError
+from polytask.errors import DataError, PolytaskError
 
 app = typer.Typer(
     help="polytask: train one model on many tasks, measure it against single-task baselines.\n\n"
@@ -30,6 +30,45 @@ ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML); see exampl
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config value: --set train.lr=3e-4 --set balancer=pcgrad "
     "(repeatable; values are YAML).")]
+
+
+def _third_party_output(verbose: bool) -> None:
+    """The progress bars and info logs of datasets, transformers and the Hugging Face hub:
+    shown with --verbose, silenced otherwise (polytask shows its own progress)."""
+    import datasets
+    import transformers.utils.logging as transformers_logging
+
+    if verbose:
+        datasets.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
+        datasets.logging.set_verbosity_warning()
+        transformers_logging.set_verbosity_warning()
+    else:
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
+        datasets.logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        from polytask import __version__
+
+        out.print(f"polytask {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the progress bars and logs of datasets, "
+        "transformers and the Hugging Face hub (silenced by default).")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the installed polytask version and exit.")] = False,
+) -> None:
+    del version  # handled by its callback before any command runs
+    _third_party_output(verbose)
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -76,7 +115,9 @@ def train(
                                                  "runs/<config name or file stem>.")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its newest "
-                                         "good checkpoint.")] = False,
+                                         "good checkpoint (from step 0 when it has none yet). "
+                                         "Only train.max_steps, eval_every, patience, "
+                                         "callbacks and progress may change.")] = False,
 ) -> None:
     """Train the tasks of CONFIG jointly; write config, metrics, checkpoints, model, results.
 
@@ -84,16 +125,13 @@ def train(
     """
     from polytask.config import load_config
     from polytask.evaluate.table import print_results
-    from polytask.train.baselines import cached_baselines, train_baselines
     from polytask.train.trainer import Trainer
 
     cfg = load_config(config, set_ or [])
     target = run_dir or Path("runs") / (cfg.name or config.stem)
-    trainer = Trainer(cfg, target, resume=resume, console=err)  # refuses a finished run dir
-    if cfg.baselines == "auto":  # ... before any baseline is trained
-        trainer.baselines = train_baselines(cfg, err)
-    elif cfg.baselines == "cached":
-        trainer.baselines = cached_baselines(cfg)
+    # refuses a finished, foreign or busy run dir, or a changed config on --resume, before
+    # fit() trains (baselines: auto) or reads (cached) the single-task baselines
+    trainer = Trainer(cfg, target, resume=resume, console=err, config_path=config)
     results = trainer.fit()
     if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
         print_results(results, out)
@@ -115,13 +153,19 @@ def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
 def evaluate_command(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     split: Annotated[str, typer.Option(help="validation or test.")] = "test",
+    allow_data_change: Annotated[bool, typer.Option(
+        help="Evaluate even if the data files differ from those the run was trained on "
+        "(each change is printed); by default that is refused.")] = False,
 ) -> None:
-    """Re-evaluate a finished run's model on a split; prints every metric of every task."""
+    """Re-evaluate a finished run's model on a split; prints every metric of every task.
+
+    The data is checked against the fingerprints the run recorded in splits.json, and
+    carved splits are rebuilt from the recorded rows, so the same rows are scored."""
     from polytask.inference import evaluate_run
 
     if split not in ("validation", "test"):
         _fail(PolytaskError(f"--split: {split!r} is not a split; use validation or test"))
-    metrics = evaluate_run(run_dir, split)
+    metrics = evaluate_run(run_dir, split, allow_data_change=allow_data_change, console=err)
     table = Table(title=f"{run_dir} · {split}")
     for column in ("task", "metric", "value"):
         table.add_column(column)
@@ -144,27 +188,41 @@ def _read_rows(path: Path) -> pd.DataFrame:
 @_command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    task: Annotated[str, typer.Option(help="Which task's head to use.")],
     input: Annotated[Path, typer.Option("--input", help="CSV/TSV/JSON/JSONL rows with the "
-                                        "task's input columns.")],
+                                        "tasks' input columns.")],
+    tasks: Annotated[str, typer.Option(
+        "--tasks", "--task", help="Comma-separated task names, or all. --task NAME is the "
+        "same for one task.")] = "all",
+    proba: Annotated[bool, typer.Option(
+        "--proba", help="Print each label's probability ({label: p}) instead of the "
+        "predicted label; per word for token tasks; regression prints its value.")] = False,
+    id_column: Annotated[str | None, typer.Option(
+        "--id-column", help="An input column copied into every output line, beside the row "
+        "index, to match predictions to rows.")] = None,
 ) -> None:
-    """Print one JSON line per input row: the row's index and the task's prediction."""
-    from polytask.inference import load_run
+    """Print one JSON line per input row: {"row": index, [ID column,] task: prediction, ...}."""
+    from polytask.inference import load
 
     rows = _read_rows(input)
-    predictions = load_run(run_dir).predict(task, rows)
-    for index, value in enumerate(predictions):
-        sys.stdout.write(json.dumps({"row": index, task: value}) + "\n")
+    if id_column is not None and id_column not in rows.columns:
+        raise DataError(f"--id-column: {str(input)!r} has no column {id_column!r}; its columns "
+                        f"are {list(rows.columns)}")
+    names = None if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    predictions = load(run_dir).predict(rows, names, proba=proba)
+    carried = {id_column: rows[id_column].tolist()} if id_column is not None else {}
+    for index, values in enumerate(predictions.to_dict(orient="records")):
+        ids = {column: column_values[index] for column, column_values in carried.items()}
+        sys.stdout.write(json.dumps({"row": index, **ids, **values}) + "\n")
 
 
 @_command()
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every registered sampler, balancer, architecture and task kind with its paper."""
-    from polytask.methods import all_methods
+    from polytask.methods import all_methods, method_record
 
     infos = all_methods()
     if as_json:
-        sys.stdout.write(json.dumps([i.__dict__ for i in infos], indent=1) + "\n")
+        sys.stdout.write(json.dumps([method_record(i) for i in infos], indent=1) + "\n")
         return
     table = Table(title="polytask methods")
     for column in ("family", "name", "paper"):

@@ -3,7 +3,8 @@
 Every section is a pydantic model with `extra="forbid"`, so a misspelt key fails before any
 work starts, naming the field, the bad value and the nearest valid choice. Method sections
 (`sampler`, `balancer`, `model.architecture`) take a name or `{name: ..., <hyperparameter>:
-...}`; the names are checked against the registries.
+...}`; the names are checked against the registries and the hyperparameters against each
+method's constructor (`polytask.method_options`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pydantic import (
 
 from polytask.balance import BALANCERS
 from polytask.errors import ConfigError
+from polytask.files import plain_name
+from polytask.method_options import check_method_options
 from polytask.models.sharing import ARCHITECTURES
 from polytask.models.spec import BackboneSpec
 from polytask.registry import Registry
@@ -141,7 +144,16 @@ class TrainConfig(BaseModel):
         0, ge=0, lt=2**32,
         description="Seeds data order, initialisation, sampling and dropout (0 to 2**32 - 1).",
     )
-    log_every: int = Field(10, gt=0, description="Write training losses every N steps.")
+    split_seed: int = Field(
+        0, ge=0, lt=2**32,
+        description="Seeds the carving of a missing validation/test split from train. "
+        "Independent of `seed`, so runs over several seeds (e.g. a bench) are scored on the "
+        "same test rows and their spread is the spread of training, not of the split.",
+    )
+    log_every: int = Field(
+        10, gt=0, description="Write training losses every N steps (and, when the output is "
+        "not a terminal, print a progress line every N steps).",
+    )
     validation_fraction: float = Field(
         0.1, gt=0, lt=1, description="Share of train carved as validation when there is none."
     )
@@ -149,12 +161,19 @@ class TrainConfig(BaseModel):
         0.1, gt=0, lt=1, description="Share of train carved as test when there is none."
     )
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's.")
+    threads: int | None = Field(
+        None, gt=0, description="torch CPU (intra-op) threads. null: one thread for a model "
+        "under a million parameters (more threads only contend on such small work), torch's "
+        "default otherwise."
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: run forward passes under bfloat16 autocast (weights, "
         "gradients and the balancer stay fp32)."
     )
-    progress: bool = Field(True, description="Show a progress bar.")
+    progress: bool = Field(
+        True, description="Show progress: a spinner while loading, then a bar on a terminal; "
+        "plain lines (every log_every steps) when the output is a file or a pipe.",
+    )
     callbacks: list[str] = Field(
         default_factory=lambda: ["report"],
         description="Callbacks run alongside metrics.jsonl, e.g. [report, tensorboard, "
@@ -183,7 +202,10 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    name: str | None = Field(None, description="Run name (used for the default run dir).")
+    name: str | None = Field(
+        None, description="Run name, used for the default run dir runs/<name>: letters, digits, "
+        "_, - and . (no /, \\ or ..).",
+    )
     suite: SuiteConfig | None = Field(
         None, description="A built-in suite providing tasks, data and backbone."
     )
@@ -213,6 +235,12 @@ class RunConfig(BaseModel):
 
     _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        """The name becomes the default run folder, so it must be a plain name."""
+        return None if value is None else plain_name(value, "run name")
+
     @model_validator(mode="before")
     @classmethod
     def _method_names(cls, data: Any) -> Any:
@@ -240,9 +268,12 @@ class RunConfig(BaseModel):
                     f"tasks.{i} ({task.name}) has no `data` and the run has no shared `data`; "
                     "give the task a `data:` section or add a top-level one."
                 )
+        _check_tabular_inputs(self)
         _known(SAMPLERS, self.sampler.name, "sampler.name")
         _known(BALANCERS, self.balancer.name, "balancer.name")
         _known(ARCHITECTURES, self.model.architecture.name, "model.architecture.name")
+        check_method_options({"sampler": self.sampler, "balancer": self.balancer,
+                              "model.architecture": self.model.architecture})
         balancer = BALANCERS.get(self.balancer.name)
         sampler = SAMPLERS.get(self.sampler.name)
         if balancer.needs_all_tasks and not sampler.feeds_all_tasks:
@@ -258,6 +289,27 @@ class RunConfig(BaseModel):
         """The config as plain data (in-memory datasets are written as a placeholder)."""
         out = self.model_dump(mode="json", exclude_none=True, fallback=lambda v: "<in-memory>")
         return out
+
+
+def _check_tabular_inputs(config: RunConfig) -> None:
+    """A tabular backbone reads the same input columns for every task: say so when the config
+    loads, not after the single-task baselines have trained."""
+    backbone = config.model.backbone
+    tasks = [t for t in config.tasks if config.only is None or t.name in config.only]
+    if backbone is None or backbone.type != "mlp" or not tasks:
+        return
+    first = tasks[0]
+    for task in tasks[1:]:
+        if task.input_columns != first.input_columns:
+            same_table = task.data is None and first.data is None
+            raise ValueError(
+                f"tasks.{task.name}.input: {task.input_columns} differs from "
+                f"tasks.{first.name}.input {first.input_columns}; a tabular backbone "
+                "(model.backbone.type: mlp) reads the same input columns for every task"
+                f"{' (and tasks on one dataset share inputs)' if same_table else ''}. List "
+                "the same columns, in the same order, for every task, or train them in "
+                "separate runs."
+            )
 
 
 def _known(registry: Registry[Any], name: str, field: str) -> None:
@@ -365,24 +417,66 @@ def format_errors(error: ValidationError, model: type[BaseModel] = RunConfig) ->
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+def _config_text(path: Path) -> str:
+    """The text of the config file `path`, or a ConfigError saying why it cannot be read."""
+    shown = repr(str(path))
+    if not path.exists():
+        raise ConfigError(f"config file {shown} does not exist")
+    if path.is_dir():
+        yaml_files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+        yaml_files.sort(key=lambda p: p.stem != "config")  # a run dir holds config.yaml
+        example = str(yaml_files[0] if yaml_files else path / "config.yaml")
+        there = "" if yaml_files else f" (there is no YAML file in {shown})"
+        raise ConfigError(f"config {shown} is a folder, not a YAML file; give the YAML file, "
+                          f"e.g. {example!r}{there}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {shown} is not UTF-8 text ({error.reason} at byte "
+                          f"{error.start}); give a YAML file saved as UTF-8") from None
+    except PermissionError:
+        raise ConfigError(f"config file {shown} cannot be read: permission denied; give "
+                          f"yourself read access (chmod u+r {path}) or copy it somewhere "
+                          "readable") from None
+    except OSError as error:
+        raise ConfigError(f"config file {shown} cannot be read: {error.strerror}; check the "
+                          "file and the disk it is on") from None
+
+
+def with_data_paths_under(config: RunConfig, base: Path) -> RunConfig:
+    """`config` with the relative local paths of its data (shared and per task) made
+    absolute against the folder `base`."""
+    data = config.data.resolved_against(base) if isinstance(config.data, DataSpec) \
+        else config.data
+    tasks = [t.model_copy(update={"data": t.data.resolved_against(base)})
+             if isinstance(t.data, DataSpec) else t for t in config.tasks]
+    return config.model_copy(update={"data": data, "tasks": tasks})
+
+
 def load_config(
-    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = (),
+    base_dir: str | Path | None = None,
 ) -> RunConfig:
-    """Read and validate a run config from a YAML path or a dict; `overrides` as `--set`."""
+    """Read and validate a run config from a YAML path or a dict; `overrides` as `--set`.
+
+    Relative data paths (`data.path`, `files`) are made absolute against `base_dir`, which
+    defaults to the config file's folder (so a config works from any current folder); a dict
+    without `base_dir` keeps them relative, read against the current folder."""
+    base = Path(base_dir).absolute() if base_dir is not None else None
     if isinstance(source, Mapping):
         data = dict(source)
     else:
         path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+        base = base or path.absolute().parent
         try:
-            data = yaml.load(path.read_text(), Loader=_Loader) or {}
+            data = yaml.load(_config_text(path), Loader=_Loader) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     data = apply_overrides(data, overrides)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_errors(error)) from None
+    return config if base is None else with_data_paths_under(config, base)

@@ -21,3 +21,9 @@ class CheckpointError(PolytaskError):
 
 class TrainingError(PolytaskError):
     """Training cannot go on (for example a NaN loss); the last good checkpoint is kept."""
+
+
+class StorageError(PolytaskError):
+    """A file cannot be written: the disk is full, a quota or a file size limit is reached.
+
+    The half-written file is removed and the previous version of it (if any) is kept."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
+from rich.console import Console
+from rich.markup import escape
+from torch import Tensor
 
 from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
@@ -18,7 +22,8 @@ from polytask.models.backbones import build_tabular, build_text
 from polytask.models.inputs import TabularInputs, TextInputs, collate
 from polytask.models.model import MultiTaskModel
 from polytask.models.spec import BackboneSpec
-from polytask.pipeline import build_kinds, build_model, prepare
+from polytask.pipeline import build_kinds, build_model, data_fingerprints, prepare
+from polytask.tasks.fingerprint import data_changes
 from polytask.tasks.kinds import TaskKind
 from polytask.tasks.spec import Task
 from polytask.train.checkpoint import load_weights_file
@@ -31,18 +36,78 @@ def _model_dir(run_dir: Path) -> Path:
     return directory
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, dict[str, float]]:
-    """Rebuild the run's data from its config.yaml and evaluate its final model."""
+def _recorded_sources(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The sources the run recorded in splits.json (empty for a run without one)."""
+    path = run_dir / "splits.json"
+    return json.loads(path.read_text()).get("sources", {}) if path.exists() else {}
+
+
+def _check_data(run_dir: Path, changes: list[str], allow_data_change: bool,
+                console: Console) -> None:
+    """Refuse to evaluate on changed data, or (when allowed) say what changed."""
+    if not changes:
+        return
+    listed = "\n  ".join(changes)
+    if not allow_data_change:
+        raise DataError(f"the data of {run_dir} changed since it was trained:\n  {listed}\n"
+                        "Evaluating now would score other rows than the run's. Restore the "
+                        "data, or pass --allow-data-change to evaluate anyway (carved splits "
+                        "are rebuilt from the recorded rows).")
+    console.print(escape(f"warning: evaluating {run_dir} on changed data "
+                         f"(--allow-data-change):\n  {listed}"), style="yellow",
+                  highlight=False, soft_wrap=True)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", allow_data_change: bool = False,
+                 console: Console | None = None) -> dict[str, dict[str, float]]:
+    """Rebuild the run's data from its config.yaml and evaluate its final model.
+
+    The data must match the fingerprints (file hashes, row counts) the run recorded in
+    splits.json, else a DataError lists the changes; `allow_data_change=True` evaluates
+    anyway and prints them on `console`. Carved splits are rebuilt from the recorded rows."""
     run_dir = Path(run_dir)
+    console = console or Console(stderr=True)
     weights = load_weights_file(_model_dir(run_dir) / "model.safetensors")
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
     if "<in-memory>" in json.dumps(raw):
         raise ConfigError(f"{run_dir} was trained on in-memory data that config.yaml cannot "
                           "hold; evaluate it from Python with polytask.evaluate")
     config = RunConfig.model_validate(raw)
-    data, model, _, _ = prepare(config)
+    recorded = _recorded_sources(run_dir)
+    if recorded and all("carved_with_seed" in s for s in recorded.values()):  # older runs
+        seed = next(iter(recorded.values()))["carved_with_seed"]
+        config = config.model_copy(update={
+            "train": config.train.model_copy(update={"split_seed": seed})})
+    before = (data_changes(recorded, data_fingerprints(config)) if recorded else
+              ["the run has no splits.json, so its data cannot be checked"])
+    if not allow_data_change:
+        _check_data(run_dir, before, allow_data_change, console)  # before any loading
+    data, model, _, _ = prepare(config, {name: source.get("carved_rows", {})
+                                         for name, source in recorded.items()})
+    after = data_changes(recorded, data.record["sources"]) if recorded else []  # + rows
+    _check_data(run_dir, before + [c for c in after if c not in before], allow_data_change,
+                console)
     model.load_state_dict(weights)
     return evaluate(model, data, split, config.train.eval_batch_size, torch.device("cpu"))
+
+
+Rows = pd.DataFrame | Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
+
+
+def _as_frame(rows: Rows) -> pd.DataFrame:
+    """A DataFrame from a DataFrame, a list of dict rows or a dict of columns."""
+    if isinstance(rows, pd.DataFrame):
+        return rows
+    if isinstance(rows, Mapping):
+        try:
+            return pd.DataFrame(dict(rows))
+        except ValueError as error:
+            raise DataError(f"rows: a dict must map each column name to a list of values, one "
+                            f"per row ({error}); or pass a list of dict rows") from None
+    if isinstance(rows, Sequence) and all(isinstance(row, Mapping) for row in rows):
+        return pd.DataFrame(list(rows))
+    raise DataError(f"rows: got {type(rows).__name__}; pass a pandas DataFrame, a list of "
+                    "dict rows ([{'text': ...}, ...]) or a dict of columns ({'text': [...]})")
 
 
 @dataclass
@@ -54,15 +119,37 @@ class LoadedRun:
     kinds: dict[str, TaskKind]
     encoder: TextInputs | TabularInputs
 
-    def predict(self, task: str, frame: pd.DataFrame, batch_size: int = 64) -> list[Any]:
-        """Decoded predictions of `task` for every row of `frame`."""
-        if task not in self.tasks:
-            raise ConfigError(f"--task: unknown task {task!r}; this run has {list(self.tasks)}")
+    def predict(self, rows: Rows, tasks: str | Sequence[str] | None = None,
+                proba: bool = False, batch_size: int = 64) -> pd.DataFrame:
+        """Predictions for every row: one column per task (`tasks`: a name, a list of names,
+        or None / "all" for every task), indexed like the input rows. Values are decoded
+        labels (a list of labels for multilabel, one tag per word for token tasks, a number
+        for regression); with `proba=True`, `{label: probability}` instead (per word for
+        token tasks; regression keeps its value)."""
+        frame = _as_frame(rows)
+        columns = {task: self._predict_task(task, frame, proba, batch_size)
+                   for task in self._select(tasks)}
+        return pd.DataFrame(columns, index=frame.index)
+
+    def _select(self, tasks: str | Sequence[str] | None) -> list[str]:
+        if tasks is None or tasks == "all":
+            return list(self.tasks)
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        unknown = [name for name in names if name not in self.tasks]
+        if unknown or not names:
+            problem = f"unknown task(s) {unknown}" if unknown else "no task named"
+            raise ConfigError(f"tasks: {problem}; this run has {list(self.tasks)}: name some "
+                              "of them, or all")
+        return names
+
+    def _predict_task(self, task: str, frame: pd.DataFrame, proba: bool,
+                      batch_size: int) -> list[Any]:
+        """Decoded predictions (or probabilities) of `task` for every row of `frame`."""
         spec, kind = self.tasks[task], self.kinds[task]
         missing = [c for c in spec.input_columns if c not in frame.columns]
         if missing:
-            raise DataError(f"--input: column(s) {missing} missing; the task reads "
-                            f"{spec.input_columns}, the file has {list(frame.columns)}")
+            raise DataError(f"input rows: column(s) {missing} missing; task {task!r} reads "
+                            f"{spec.input_columns}, the rows have {list(frame.columns)}")
         words = kind.level == "token"
         encoded = self.encoder.encode(frame, spec.input_columns, words=words)
         self.model.eval()
@@ -71,18 +158,23 @@ class LoadedRun:
             for start in range(0, len(frame), batch_size):
                 rows = torch.arange(start, min(start + batch_size, len(frame)))
                 batch = collate(encoded, rows)
-                predictions = kind.predict(self.model({task: batch})[task])
-                if words:
+                outputs = self.model({task: batch})[task]
+                if words:  # keep each word's first piece
                     first = batch["word_index"] >= 0
-                    out += [kind.decode(p[m].unsqueeze(0))[0]
-                            for p, m in zip(predictions, first, strict=True)]
+                    out += [_decode(kind, row[keep].unsqueeze(0), proba)[0]
+                            for row, keep in zip(outputs, first, strict=True)]
                 else:
-                    out += kind.decode(predictions)
+                    out += _decode(kind, outputs, proba)
         return out
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Load a run's final model from `run_dir/model` (no training data needed)."""
+def _decode(kind: TaskKind, outputs: Tensor, proba: bool) -> list[Any]:
+    return kind.probabilities(outputs) if proba else kind.decode(kind.predict(outputs))
+
+
+def load(run_dir: str | Path) -> LoadedRun:
+    """Load a run's final model from `run_dir/model` (no training data needed):
+    `polytask.load("runs/census").predict(rows)`."""
     directory = _model_dir(Path(run_dir))
     meta = json.loads((directory / "meta.json").read_text())
     tasks = [Task.model_validate(t) for t in meta["tasks"]]
@@ -101,3 +193,6 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     model = build_model(settings, tasks, kinds, backbone)
     model.load_state_dict(load_weights_file(directory / "model.safetensors"))
     return LoadedRun(model, {t.name: t for t in tasks}, kinds, encoder)
+
+
+load_run = load  # the former name

@@ -6,6 +6,8 @@ fails here, with a message naming the field and the fix.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ from polytask.tasks.data import (
     check_token_lengths,
     load_source,
 )
+from polytask.tasks.fingerprint import data_fingerprint
 from polytask.tasks.kinds import TASK_KINDS, TaskKind
 from polytask.tasks.spec import Task
 
@@ -64,28 +67,51 @@ def resolve(config: RunConfig) -> Resolved:
     return Resolved(tasks, shared, backbone)
 
 
-def _load_sources(
-    config: RunConfig, resolved: Resolved
-) -> tuple[dict[str, Source], dict[str, str]]:
-    train = config.train
-    sources: dict[str, Source] = {}
+def source_data(resolved: Resolved) -> tuple[dict[str, Any], dict[str, str]]:
+    """The data of each source (the shared dataset, or a task's own) and each task's source."""
+    data: dict[str, Any] = {}
     task_source: dict[str, str] = {}
     for task in resolved.tasks:
         if task.data is None:
             if resolved.shared_data is None:
                 raise DataError(f"tasks.{task.name}: no `data` and no shared `data`")
-            if SHARED not in sources:
-                sources[SHARED] = load_source(SHARED, resolved.shared_data, train.seed,
-                                              train.validation_fraction, train.test_fraction,
-                                              "data")
+            data[SHARED] = resolved.shared_data
             task_source[task.name] = SHARED
         else:
-            sources[task.name] = load_source(task.name, task.data, train.seed,
-                                             train.validation_fraction, train.test_fraction,
-                                             f"tasks.{task.name}.data")
+            data[task.name] = task.data
             task_source[task.name] = task.name
-        check_columns(task, sources[task_source[task.name]])
+    return data, task_source
+
+
+def data_fingerprints(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Each source's fingerprint (file hashes, hub id + revision or table hash), without
+    loading it: what `splits.json` records and `polytask eval` checks."""
+    return {name: data_fingerprint(data) for name, data in source_data(resolve(config))[0].items()}
+
+
+def _load_sources(
+    config: RunConfig, resolved: Resolved,
+    carved_rows: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+) -> tuple[dict[str, Source], dict[str, str]]:
+    train = config.train
+    data, task_source = source_data(resolved)
+    sources: dict[str, Source] = {}
+    for task in resolved.tasks:
+        name = task_source[task.name]
+        if name not in sources:
+            sources[name] = load_source(
+                name, data[name], train.split_seed, train.validation_fraction,
+                train.test_fraction, "data" if name == SHARED else f"tasks.{name}.data",
+                (carved_rows or {}).get(name))
+        check_columns(task, sources[name])
     return sources, task_source
+
+
+def _source_record(source: Source, split_seed: int) -> dict[str, Any]:
+    """What `splits.json` says of a source: rows per split, the carving (split seed and the
+    original train rows of each carved split, before `max_rows`) and the data's fingerprint."""
+    return {"rows": {s: len(f) for s, f in source.frames.items()}, "carved": source.carved,
+            "split_seed": split_seed, "carved_rows": source.carved_rows, **source.origin}
 
 
 def _source_inputs(tasks: list[Task], task_source: dict[str, str]) -> dict[str, list[str]]:
@@ -101,16 +127,34 @@ def _source_inputs(tasks: list[Task], task_source: dict[str, str]) -> dict[str, 
     return columns
 
 
+def warn_label_leakage(tasks: list[Task], task_source: dict[str, str]) -> None:
+    """Warn when a label column of a task is an input on the same table: the tasks reading
+    it would see that task's answers (label leakage)."""
+    for owner in tasks:
+        for column in owner.label_columns:
+            readers = [t.name for t in tasks if task_source[t.name] == task_source[owner.name]
+                       and column in t.input_columns]
+            if readers:
+                warnings.warn(
+                    f"column {column!r} is the label of task {owner.name!r} and an input of "
+                    f"task(s) {readers} on the same dataset, so they see its answers (label "
+                    "leakage); remove it from `input` unless that is what you mean.",
+                    UserWarning, stacklevel=2)
+
+
 def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
                   inputs_of: dict[str, list[str]]) -> tuple[nn.Module, TextInputs | TabularInputs]:
     """The backbone and the input encoder that feeds it (fitted on training rows)."""
     if spec.type == "hf":
         return build_text(spec)
-    tabular = TabularInputs()
+    tabular = TabularInputs(spec.impute, spec.impute_value or 0.0, spec.missing_indicator,
+                            spec.categorical)
     column_sets = {tuple(c) for c in inputs_of.values()}
     if len(column_sets) > 1:
-        raise ConfigError(f"a tabular backbone needs the same input columns for every task; "
-                          f"got {sorted(column_sets)}")
+        raise ConfigError(f"a tabular backbone (model.backbone.type: mlp) reads the same input "
+                          f"columns for every task; got {sorted(column_sets)}. List the same "
+                          "columns, in the same order, for every task, or train them in "
+                          "separate runs.")
     import pandas as pd
 
     columns = list(next(iter(column_sets)))
@@ -123,13 +167,18 @@ def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
     return {t.name: TASK_KINDS.get(t.kind)(t) for t in tasks}
 
 
-def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs | TabularInputs,
-                                        BackboneSpec]:
-    """Load, check and encode all data, then build the model (seeded by the run's seed)."""
+def prepare(config: RunConfig,
+            carved_rows: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+            ) -> tuple[PreparedData, MultiTaskModel, TextInputs | TabularInputs, BackboneSpec]:
+    """Load, check and encode all data, then build the model (seeded by the run's seed).
+
+    `carved_rows` (source -> split -> original train rows, as a run's splits.json records
+    them) replays a run's carving of missing splits instead of drawing it."""
     torch.manual_seed(config.train.seed)
     resolved = resolve(config)
-    sources, task_source = _load_sources(config, resolved)
+    sources, task_source = _load_sources(config, resolved, carved_rows)
     inputs_of = _source_inputs(resolved.tasks, task_source)
+    warn_label_leakage(resolved.tasks, task_source)
     kinds = build_kinds(resolved.tasks)
     if resolved.backbone.type != "hf":
         for task in resolved.tasks:
@@ -165,8 +214,7 @@ def prepare(config: RunConfig) -> tuple[PreparedData, MultiTaskModel, TextInputs
                     encoded = align_token_labels(encoded, inputs["word_index"])
                 labels[task.name] = encoded
             splits[name][split] = SplitData(inputs, labels)
-    record = {"sources": {n: {"rows": {s: len(f) for s, f in src.frames.items()},
-                              "carved": src.carved, "carved_with_seed": config.train.seed}
+    record = {"sources": {n: _source_record(src, config.train.split_seed)
                           for n, src in sources.items()}}
     data = PreparedData(resolved.tasks, kinds, task_source, splits, record)
     model = build_model(config.model, resolved.tasks, kinds, backbone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,8 +133,8 @@ def test_text_options_and_carving_determinism(fresh_cache: Path) -> None:
         pd.testing.assert_frame_equal(a["train"], b["train"].iloc[:100])
     # and a cold reload (new process state, new cache) carves the same rows
     clear_memory_cache()
-    for path in fresh_cache.glob("*.pkl"):
-        path.unlink()
+    for path in fresh_cache.iterdir():
+        shutil.rmtree(path)
     again = load_suite("text", train_size=100, eval_size=30, max_chars=80)
     for name in small.task_names:
         assert_same_splits(small.task_data(name), again.task_data(name))
@@ -236,7 +237,7 @@ def test_disk_cache_is_used_and_copies_protect_it(
     needs("river")
     first = load_suite("yeast", eval_size=100).data
     assert first is not None
-    assert len(list(fresh_cache.glob("yeast-*.pkl"))) == 1
+    assert len(list(fresh_cache.glob("yeast-*"))) == 1
     first["train"].loc[0, "att1"] = 1e9  # the caller's copy, not the cache
     clear_memory_cache()
 
@@ -266,8 +267,8 @@ def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_corrupt_cache_file_is_rebuilt(fresh_cache: Path) -> None:
     needs("river")
     load_suite("yeast")
-    (path,) = fresh_cache.glob("yeast-*.pkl")
-    path.write_bytes(b"not a pickle")
+    (path,) = fresh_cache.glob("yeast-*/yeast/train.parquet")
+    path.write_bytes(b"not parquet")
     clear_memory_cache()
     with pytest.warns(UserWarning, match="unreadable suite cache"):
         suite = load_suite("yeast")

@@ -140,13 +140,14 @@ def test_classification_predict_and_decode() -> None:
 
 
 def test_multilabel_list_column() -> None:
-    kind = make("multilabel")
-    frame = pd.DataFrame({"y": [["sport", "news"], [], "art|news", None]})
+    # an empty cell (None) is "no labels"; only the missing_label marker is unlabelled
+    kind = make("multilabel", missing_label="?")
+    frame = pd.DataFrame({"y": [["sport", "news"], [], "art|news", None, "?"]})
     kind.fit(frame)
     assert kind.label_names == ["art", "news", "sport"]
     labels = kind.encode(frame, "train")
-    assert labels[:3].tolist() == [[0, 1, 1], [0, 0, 0], [1, 1, 0]]
-    assert labels[3].isnan().all()
+    assert labels[:4].tolist() == [[0, 1, 1], [0, 0, 0], [1, 1, 0], [0, 0, 0]]
+    assert labels[4].isnan().all()
 
 
 def test_multilabel_zero_one_columns() -> None:
@@ -176,8 +177,8 @@ def test_multilabel_unknown_label() -> None:
 
 
 def test_multilabel_missing_rows_masked_from_loss_and_metrics() -> None:
-    kind = make("multilabel")
-    frame = pd.DataFrame({"y": [["a"], None, ["b"], ["a", "b"]]})
+    kind = make("multilabel", missing_label="?")
+    frame = pd.DataFrame({"y": [["a"], "?", ["b"], ["a", "b"]]})
     kind.fit(frame)
     labels = kind.encode(frame, "train")
     torch.manual_seed(1)

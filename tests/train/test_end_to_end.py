@@ -177,4 +177,6 @@ def test_bad_balancer_hyperparameter_is_a_config_error(tmp_path: Path,
     result = runner.invoke(app, ["train", str(config), "--run-dir", str(tmp_path / "r"),
                                  "--set", "balancer={name: cagrad, cc: 0.4}"])
     assert result.exit_code == 2
-    assert "balancer: bad hyperparameters for 'cagrad'" in " ".join(result.output.split())
+    message = " ".join(result.output.split())
+    assert "balancer.cc: 'cagrad' has no option 'cc'. Did you mean 'c'?" in message
+    assert not (tmp_path / "r").exists()  # refused when the config loads, before any work

@@ -31,9 +31,10 @@ def _constant_predictor() -> dict[str, float]:
     assert suite.data is not None
     train, test = suite.data["train"], suite.data["test"]
     majority = {t: (test[t] == train[t].mode()[0]).mean() for t in ("income", "never_married")}
-    # MSE training targets the mean, so the fair constant is the train mean, scored by MSE.
-    hours = train["hours_per_week"].mean()
-    return {**majority, "hours_per_week": float(((test["hours_per_week"] - hours) ** 2).mean())}
+    # The hours task trains with L1, which targets the median: the fair constant is the train
+    # median, scored by MAE (the task's metric).
+    hours = train["hours_per_week"].median()
+    return {**majority, "hours_per_week": float((test["hours_per_week"] - hours).abs().mean())}
 
 
 @needs_census
@@ -45,18 +46,12 @@ def test_every_architecture_beats_a_constant_predictor_on_census(
     tasks = results["tasks"]
     assert tasks["income"]["value"] > constant["income"] + 0.02
     assert tasks["never_married"]["value"] > constant["never_married"] + 0.05
-    assert tasks["hours_per_week"]["metrics"]["mse"] < 0.95 * constant["hours_per_week"]
+    assert tasks["hours_per_week"]["metrics"]["mae"] < constant["hours_per_week"]
 
 
 @needs_census
 @pytest.mark.parametrize("balancer", ["ew", "pcgrad", "nash_mtl", "mgda", "famo"])
 def test_architectures_compose_with_balancers(tmp_path: Path, balancer: str) -> None:
-    from polytask.balance import BALANCERS
-
-    if balancer not in BALANCERS:
-        pytest.skip(f"{balancer} not registered")
-    if balancer == "nash_mtl" and importlib.util.find_spec("cvxpy") is None:
-        pytest.skip("nash_mtl's solver extra is not installed")
     results = Trainer(_census_config("mmoe", balancer, steps=60), tmp_path / "run").fit()
     assert all(np.isfinite(t["value"]) for t in results["tasks"].values())
     assert results["balancer"] == balancer and results["architecture"] == "mmoe"

@@ -20,7 +20,8 @@ import base64
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +57,30 @@ tr.ref td{background:#fafafa;font-style:italic}img{max-width:100%;height:auto}
 """
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (a torn last line, from a live or killed run, skipped)."""
+def _warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def read_records(path: Path, warn: Callable[[str], None] = _warn) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl. Lines that are not JSON records (a torn last line
+    from a live or killed run, a damaged file) are skipped, and `warn` is told how many."""
     records = []
     if not path.exists():
         return records
-    for line in path.read_text().splitlines():
+    unreadable = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                continue
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                unreadable.append(number)
+    if unreadable:
+        warn(f"{path}: skipped {len(unreadable)} unreadable line(s) (first: line "
+             f"{unreadable[0]})")
     return records
 
 

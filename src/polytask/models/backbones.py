@@ -153,5 +153,5 @@ def build_text(spec: BackboneSpec) -> tuple[HFEncoder, TextInputs]:
 
 def build_tabular(spec: BackboneSpec, inputs: TabularInputs) -> MLPBackbone:
     """An MLP sized for the fitted tabular inputs."""
-    return MLPBackbone(len(inputs.numeric), inputs.cardinalities, spec.hidden,
+    return MLPBackbone(inputs.numeric_width, inputs.cardinalities, spec.hidden,
                        spec.embedding_dim, spec.dropout)

@@ -7,7 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import pickle
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from polytask.errors import DataError
 from polytask.models.spec import BackboneSpec
@@ -28,7 +30,8 @@ from polytask.tasks.spec import SPLITS, Task
 SEED = 0
 
 #: Bump when the loaders change what they return, so stale disk caches are ignored.
-CACHE_VERSION = 2
+#: 3: a folder of Parquet files (2 and earlier were pickle files, never read now).
+CACHE_VERSION = 3
 
 #: Split name -> table.
 Splits = dict[str, pd.DataFrame]
@@ -193,37 +196,71 @@ def cache_dir() -> Path:
 
 
 def _cache_path(suite: str, key: dict[str, Any]) -> Path:
+    """The cache folder of one set of tables: ``<suite>-<digest>/<dataset>/<split>.parquet``."""
     stamp = {"key": key, "version": CACHE_VERSION, "pandas": pd.__version__}
     blob = json.dumps(stamp, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return cache_dir() / f"{suite}-{digest}.pkl"
+    return cache_dir() / f"{suite}-{digest}"
+
+
+def _read_table(file: Path) -> pd.DataFrame:
+    """One cached table with its dtypes as written: Parquet keeps numbers, booleans and
+    categoricals; object columns (strings, label lists) are restored as Python objects, so
+    lists come back as lists (not numpy arrays) and strings keep the object dtype."""
+    table = pq.read_table(file)
+    frame = table.to_pandas()
+    for column in (table.schema.pandas_metadata or {}).get("columns", []):
+        name = column.get("name")
+        if column.get("numpy_type") == "object" and name in frame.columns:
+            frame[name] = pd.Series(table.column(name).to_pylist(), index=frame.index,
+                                    dtype=object)
+    return frame
 
 
 def _read_disk(path: Path) -> dict[str, Splits] | None:
-    try:
-        with path.open("rb") as handle:
-            value = pickle.load(handle)
-    except FileNotFoundError:
+    """The cached tables, or None when there are none (or they cannot be read: rebuild)."""
+    if not path.is_dir():
         return None
-    except Exception as error:  # a truncated or foreign file: rebuild it
+    value: dict[str, Splits] = {}
+    try:
+        for file in sorted(path.glob("*/*.parquet")):
+            value.setdefault(file.parent.name, {})[file.stem] = _read_table(file)
+    except (OSError, pa.ArrowException) as error:  # a truncated or foreign file: rebuild it
         warnings.warn(f"ignoring unreadable suite cache {path}: {error}", stacklevel=3)
         return None
-    return value if isinstance(value, dict) else None
+    return value or None
+
+
+def _replace_folder(new: Path, path: Path) -> None:
+    """Move the finished folder `new` to `path`, replacing a stale or unreadable cache."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+    try:
+        os.replace(new, path)
+    except OSError:
+        if not path.is_dir():
+            raise
+        shutil.rmtree(new, ignore_errors=True)  # another process has just written it
 
 
 def _write_disk(path: Path, value: dict[str, Splits]) -> None:
-    """Write atomically (temp file + rename); a read-only cache folder only costs a warning."""
+    """Write one Parquet file per table into a temp folder, then rename it into place, so a
+    reader never sees half a cache; a read-only cache folder only costs a warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name, suffix=".tmp"))
         try:
-            with os.fdopen(fd, "wb") as handle:
-                pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
+            for dataset, splits in value.items():
+                (tmp / dataset).mkdir()
+                for split, frame in splits.items():
+                    frame.to_parquet(tmp / dataset / f"{split}.parquet")
+            _replace_folder(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-    except OSError as error:
+    except (OSError, ValueError, TypeError, pa.ArrowException) as error:  # e.g. mixed types
         warnings.warn(f"could not write suite cache {path}: {error}", stacklevel=3)
 
 
@@ -246,7 +283,7 @@ def cached_tables(
     options: dict[str, Any],
     sources: list[Path],
 ) -> dict[str, Splits]:
-    """Tables of a suite, cached in process (lru_cache) and on disk (pickle).
+    """Tables of a suite, cached in process (lru_cache) and on disk (Parquet).
 
     Args:
         suite: suite name (disk cache file prefix).

@@ -136,8 +136,9 @@ def load_census(*, train_size: int | None = None, eval_size: int | None = None) 
              labels=INCOME_LABELS, metric="accuracy"),
         Task(name="never_married", kind="classification", input=inputs, label="never_married",
              labels=YES_NO, metric="accuracy"),
+        # trained with L1, the loss whose minimiser is the one the reported MAE rewards
         Task(name="hours_per_week", kind="regression", input=inputs, label="hours_per_week",
-             metric="mae"),
+             metric="mae", loss="l1"),
     ]
     return Suite(
         name="census",

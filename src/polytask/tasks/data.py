@@ -2,12 +2,14 @@
 
 Sources are tables: the run's shared dataset (one row labelled for several tasks) and each
 task's own dataset. Every source is loaded once, split into train/validation/test (splits
-the dataset lacks are carved deterministically from train with the run's seed, and the
-carving is recorded), checked against the tasks that read it, and encoded once.
+the dataset lacks are carved deterministically from train with `train.split_seed`, and the
+carved rows are recorded), checked against the tasks that read it, and encoded once.
 """
 
 from __future__ import annotations
 
+import csv
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from polytask.errors import DataError
 from polytask.models.inputs import Encoded, collate
+from polytask.tasks.fingerprint import data_fingerprint
 from polytask.tasks.kinds import IGNORE, TaskKind
 from polytask.tasks.spec import SPLITS, DataSpec, Task
 
@@ -44,27 +47,126 @@ def _to_frame(table: Any, where: str) -> pd.DataFrame:
                     "DataFrame, a datasets Dataset/DatasetDict or a dict of split -> table")
 
 
-def _read_file(path: Path, where: str) -> pd.DataFrame:
+def _read_file(path: Path, where: str, spec: DataSpec) -> pd.DataFrame:
     from datasets import load_dataset
 
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{where}: cannot read {str(path)!r}: use .csv, .tsv, .json, .jsonl "
                         "or .parquet")
-    kwargs: dict[str, Any] = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     if path.stat().st_size == 0:
         raise DataError(f"{where}: file {str(path)!r} is empty; give it a header and rows, or "
                         "leave the split out (a missing validation/test split is carved from "
                         "train)")
+    if builder == "csv":
+        return _read_csv(path, where, spec)
+    _refuse_csv_options(spec, where, f"a {path.suffix} file")
     try:
-        dataset = load_dataset(builder, data_files={"rows": str(path)}, split="rows", **kwargs)
+        dataset = load_dataset(builder, data_files={"rows": str(path)}, split="rows")
     except Exception as error:  # datasets raises many types for a malformed file
-        if "corresponds to no data" in str(error):  # a CSV header without rows
-            raise DataError(f"{where}: file {str(path)!r} has no rows; add rows, or leave the "
-                            "split out (a missing validation/test split is carved from "
-                            "train)") from None
+        if "corresponds to no data" in str(error):
+            raise _no_rows(path, where) from None
         raise DataError(f"{where}: cannot read {str(path)!r}: {error}") from None
     return dataset.to_pandas()
+
+
+def _no_rows(path: Path, where: str) -> DataError:
+    return DataError(f"{where}: file {str(path)!r} has no rows; add rows, or leave the split "
+                     "out (a missing validation/test split is carved from train)")
+
+
+def _refuse_csv_options(spec: DataSpec, where: str, what: str) -> None:
+    """`delimiter`, `encoding` and `missing_values` are CSV settings: refuse them elsewhere
+    rather than ignore them."""
+    given = [f for f in ("delimiter", "encoding", "missing_values") if getattr(spec, f)]
+    if given:
+        raise DataError(f"{where}: {', '.join(given)} only apply to .csv/.tsv files, and this "
+                        f"is {what}; remove them")
+
+
+def _read_csv(path: Path, where: str, spec: DataSpec) -> pd.DataFrame:
+    """A CSV/TSV file read with pandas: the separator sniffed from the header unless given,
+    spaces after a separator dropped, blank lines skipped; an undecodable byte or a row
+    with the wrong number of fields is reported with its line."""
+    if spec.encoding is None:
+        _refuse_binary(path, where)
+    encoding = spec.encoding or "utf-8-sig"  # -sig: drop a byte-order mark (Excel writes one)
+    delimiter = spec.delimiter or (
+        "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(path, encoding))
+    _check_csv_lines(path, where, delimiter, encoding)
+    try:
+        frame = pd.read_csv(path, sep=delimiter, encoding=encoding, skipinitialspace=True,
+                            na_values=spec.missing_values)
+    except pd.errors.EmptyDataError:
+        raise _no_rows(path, where) from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{where}: cannot read {str(path)!r}: {error}") from None
+    if frame.empty:
+        raise _no_rows(path, where)
+    return frame
+
+
+def _refuse_binary(path: Path, where: str) -> None:
+    """NUL bytes never occur in UTF-8 or Latin-1 text: the file is binary or UTF-16."""
+    with path.open("rb") as handle:
+        if b"\x00" in handle.read(1 << 16):
+            raise DataError(f"{where}: cannot read {str(path)!r}: it holds NUL bytes, so it is "
+                            "not CSV text: a binary file (a spreadsheet: export it as CSV) or "
+                            "UTF-16 text (set `encoding: utf-16`)")
+
+
+def _sniff_delimiter(path: Path, encoding: str) -> str:
+    """',' unless the header line has no comma and clearly uses ';', a tab or '|' (as the
+    first lines confirm): a ';'-separated file is then not read as one column."""
+    with path.open(encoding=encoding, errors="replace", newline="") as handle:
+        sample = "".join(itertools.islice(handle, 20))
+    header = sample.splitlines()[0] if sample else ""
+    if "," in header:
+        return ","
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=";\t|").delimiter
+    except csv.Error:
+        return ","
+    return found if found in header else ","
+
+
+def _check_csv_lines(path: Path, where: str, delimiter: str, encoding: str) -> None:
+    """Every line decodes and has the header's number of fields (blank lines are skipped)."""
+    shown = {",": "','", "\t": "a tab"}.get(delimiter, repr(delimiter))
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True)
+            width = None
+            for row in reader:
+                if not any(field.strip() for field in row):
+                    continue
+                if width is None:
+                    width = len(row)
+                elif len(row) != width:
+                    raise DataError(
+                        f"{where}: file {str(path)!r}, line {reader.line_num}: {len(row)} "
+                        f"field(s) separated by {shown}, but the header has {width}. Fix that "
+                        "line (a value missing, or a value holding the separator without "
+                        "quotes), or set `delimiter` if the file uses another separator.")
+    except UnicodeDecodeError:
+        line, byte = _undecodable(path, encoding)
+        name = "UTF-8" if encoding == "utf-8-sig" else encoding
+        raise DataError(
+            f"{where}: file {str(path)!r} is not {name} text: line {line} holds the byte(s) "
+            f"{byte!r}. Set `encoding: latin-1` (or cp1252, the file's real encoding) in this "
+            "data section, or save the file as UTF-8.") from None
+    except csv.Error as error:
+        raise DataError(f"{where}: file {str(path)!r}, line {reader.line_num}: {error}") from None
+
+
+def _undecodable(path: Path, encoding: str) -> tuple[int, bytes]:
+    """The line number and bytes of the first undecodable character."""
+    raw = path.read_bytes()
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        return raw.count(b"\n", 0, error.start) + 1, raw[error.start:error.end]
+    return 0, b""
 
 
 def read_spec(spec: DataSpec, where: str) -> dict[str, pd.DataFrame]:
@@ -75,13 +177,14 @@ def read_spec(spec: DataSpec, where: str) -> dict[str, pd.DataFrame]:
             path = Path(file)
             if not path.exists():
                 raise DataError(f"{where}.files.{split}: file {file!r} does not exist")
-            frames[split] = _read_file(path, f"{where}.files.{split}")
+            frames[split] = _read_file(path, f"{where}.files.{split}", spec)
         return frames
     if not spec.path:
         raise DataError(f"{where}: give `path` (a file, folder or hub id) or `files`")
     path = Path(spec.path)
     if path.is_file():
-        return {"train": _read_file(path, where)}
+        return {"train": _read_file(path, where, spec)}
+    _refuse_csv_options(spec, where, "a dataset folder or hub dataset")
     from datasets import load_dataset, load_from_disk
 
     if path.is_dir() and (path / "dataset_dict.json").exists():
@@ -99,7 +202,10 @@ def read_spec(spec: DataSpec, where: str) -> dict[str, pd.DataFrame]:
     else:
         raise DataError(f"{where}.path: {spec.path!r} is neither a local file nor a folder; set "
                         "`hub: true` to load it from the Hugging Face hub")
-    return {name: split.to_pandas() for name, split in loaded.items()}
+    frames = {name: split.to_pandas() for name, split in loaded.items()}
+    for name, split in loaded.items():  # what `load_source` records of a hub dataset
+        frames[name].attrs["datasets_fingerprint"] = getattr(split, "_fingerprint", None)
+    return frames
 
 
 def _in_memory_splits(data: Any, where: str) -> dict[str, pd.DataFrame]:
@@ -160,16 +266,78 @@ def _apply_spec(frame: pd.DataFrame, spec: DataSpec | None, split: str,
 
 @dataclass
 class Source:
-    """One table, split three ways, with a record of which splits were carved."""
+    """One table, split three ways, with a record of which splits were carved (and which
+    rows of the original train split each holds) and of what data it was read from."""
 
     name: str
     frames: dict[str, pd.DataFrame]
     carved: list[str] = field(default_factory=list)
+    carved_rows: dict[str, list[int]] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+def _replayed_rows(recorded: Sequence[int], remaining: np.ndarray, split: str,
+                   where: str) -> np.ndarray:
+    """Positions in the current train split of the recorded original-train rows."""
+    wanted = np.asarray(recorded, dtype=np.int64)
+    positions = np.searchsorted(remaining, wanted)
+    inside = positions < len(remaining)
+    if (wanted.size == 0 or np.unique(wanted).size != wanted.size or not inside.all()
+            or (remaining[positions] != wanted).any()):
+        raise DataError(f"{where}: the {split} rows recorded in the run's splits.json do not "
+                        f"fit the data's train split, which now has {len(remaining)} row(s) left "
+                        f"to carve from; restore the data the run was trained on")
+    return np.sort(positions)
+
+
+def _carve(frames: dict[str, pd.DataFrame], fractions: Sequence[tuple[str, float]], seed: int,
+           recorded: Mapping[str, Sequence[int]], where: str) -> dict[str, list[int]]:
+    """Carve each missing split from train (in `frames`): `recorded` rows where given, else
+    a `seed`ed draw. Returns each carved split's rows as positions in the original train."""
+    rng = np.random.default_rng(seed)
+    total = len(frames["train"])  # both fractions are shares of the original train split
+    remaining = np.arange(total)  # original positions of the rows still in train
+    carved: dict[str, list[int]] = {}
+    for split, fraction in fractions:
+        if split in frames:
+            continue
+        train = frames["train"]
+        if split in recorded:
+            take = _replayed_rows(recorded[split], remaining, split, where)
+        else:
+            n = max(1, round(total * fraction))
+            if len(train) - n < 1:
+                raise DataError(f"{where}: the training split has {len(train)} row(s), too few "
+                                f"to carve a {split} split; provide one")
+            take = np.sort(rng.permutation(len(train))[:n])
+        keep = np.setdiff1d(np.arange(len(train)), take)
+        if keep.size == 0:
+            raise DataError(f"{where}: carving the recorded {split} rows leaves no training "
+                            "rows; restore the data the run was trained on")
+        frames[split] = train.iloc[take].reset_index(drop=True)
+        frames["train"] = train.iloc[keep].reset_index(drop=True)
+        carved[split] = remaining[take].tolist()
+        remaining = remaining[keep]
+    return carved
+
+
+def _origin(data: Any, raw: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    """What the source was read from (see `polytask.tasks.fingerprint`)."""
+    origin = data_fingerprint(data)
+    if "hub" in origin:
+        origin["datasets"] = {name: frame.attrs.get("datasets_fingerprint")
+                              for name, frame in raw.items()}
+    return origin
 
 
 def load_source(name: str, data: Any, seed: int, validation_fraction: float,
-                test_fraction: float, where: str) -> Source:
-    """Load a table and make sure it has train, validation and test splits."""
+                test_fraction: float, where: str,
+                carved_rows: Mapping[str, Sequence[int]] | None = None) -> Source:
+    """Load a table and make sure it has train, validation and test splits.
+
+    Missing splits are carved from train with the split seed `seed`, or, for a split in
+    `carved_rows` (a run's recorded carving), from exactly those rows of the original train
+    split."""
     spec = data if isinstance(data, DataSpec) else None
     raw = read_spec(spec, where) if spec else _in_memory_splits(data, where)
     frames = {s: _apply_spec(f, spec, s, where)
@@ -179,25 +347,12 @@ def load_source(name: str, data: Any, seed: int, validation_fraction: float,
             fix = ("it needs rows to learn from" if split == "train" else
                    "give it rows, or leave it out to carve it from train")
             raise DataError(f"{where}: the {split} split is empty; {fix}")
-    carved = []
-    rng = np.random.default_rng(seed)
-    total = len(frames["train"])  # both fractions are shares of the original train split
-    for split, fraction in (("test", test_fraction), ("validation", validation_fraction)):
-        if split in frames:
-            continue
-        train = frames["train"]
-        order = rng.permutation(len(train))
-        n = max(1, round(total * fraction))
-        if len(train) - n < 1:
-            raise DataError(f"{where}: the training split has {len(train)} row(s), too few to "
-                            f"carve a {split} split; provide one")
-        frames[split] = train.iloc[np.sort(order[:n])].reset_index(drop=True)
-        frames["train"] = train.iloc[np.sort(order[n:])].reset_index(drop=True)
-        carved.append(split)
+    rows = _carve(frames, (("test", test_fraction), ("validation", validation_fraction)), seed,
+                  carved_rows or {}, where)
     if spec is not None:  # after carving, so carved splits are limited too
         frames = {s: f.iloc[: spec.max_rows[s]].reset_index(drop=True)
                   if s in spec.max_rows else f for s, f in frames.items()}
-    return Source(name, frames, carved)
+    return Source(name, frames, list(rows), rows, _origin(data, raw))
 
 
 def check_columns(task: Task, source: Source) -> None:
@@ -284,7 +439,8 @@ class BatchStream:
 
     The order of epoch e of source s is a permutation seeded by (seed, s, e), so the state
     is just (epoch, position) per source. Tasks that read the same source in one step
-    share the same rows (and one backbone pass).
+    share the same rows (and one backbone pass). A batch never holds more rows than its
+    source's train split: a larger `batch_size` is capped there (see `cap_notes`).
     """
 
     def __init__(self, data: PreparedData, batch_size: int, seed: int, rank: int = 0,
@@ -295,8 +451,22 @@ class BatchStream:
         self.world_size = world_size
         self.seed = seed
         self.sources = sorted(data.splits)
+        self.batch_sizes = {s: min(batch_size, data.splits[s]["train"].size)
+                            for s in self.sources}
         self.position = {s: (0, 0) for s in self.sources}
         self._orders: dict[str, tuple[int, Tensor]] = {}
+
+    def cap_notes(self) -> list[str]:
+        """One line per source whose train split is smaller than `batch_size`."""
+        readers = self.data.sources_of([t.name for t in self.data.tasks])
+        notes = []
+        for source, size in self.batch_sizes.items():
+            if size < self.batch_size:
+                names = readers.get(source, [source])
+                what = f"task {names[0]}" if len(names) == 1 else f"tasks {', '.join(names)}"
+                notes.append(f"train.batch_size {self.batch_size} is larger than the train split "
+                             f"of {what} ({size} rows); using {size}")
+        return notes
 
     def _order(self, source: str, epoch: int) -> Tensor:
         cached = self._orders.get(source)
@@ -310,9 +480,10 @@ class BatchStream:
         return order
 
     def _indices(self, source: str) -> Tensor:
-        """This rank's slice of the next global batch (batch_size x world_size rows)."""
+        """This rank's slice of the next global batch (batch size x world_size rows)."""
+        batch_size = self.batch_sizes[source]
         epoch, position = self.position[source]
-        parts, needed = [], self.batch_size * self.world_size
+        parts, needed = [], batch_size * self.world_size
         while needed:
             order = self._order(source, epoch)
             take = order[position : position + needed]
@@ -322,8 +493,8 @@ class BatchStream:
             if position >= order.numel():
                 epoch, position = epoch + 1, 0
         self.position[source] = (epoch, position)
-        start = self.rank * self.batch_size
-        return torch.cat(parts)[start : start + self.batch_size]
+        start = self.rank * batch_size
+        return torch.cat(parts)[start : start + batch_size]
 
     def next_batch(self, tasks: Sequence[str]) -> dict[str, tuple[Encoded, Tensor]]:
         """`{task: (inputs, labels)}` for the tasks of one step."""

@@ -9,6 +9,7 @@ dataset can carry a label column per task with gaps.
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -63,6 +64,7 @@ class TaskKind(ABC):
                 f"{task.kind!r}; use one of {', '.join(self.metric_names)}."
             )
         self.higher_is_better = M.higher_is_better(self.metric)
+        self._stripped = 0  # label values whose whitespace was stripped since the last report
 
     # -- labels -----------------------------------------------------------------------
     @abstractmethod
@@ -112,11 +114,28 @@ class TaskKind(ABC):
     def decode(self, predictions: Tensor) -> list[Any]:
         """Human-readable predictions, one per row."""
 
+    def probabilities(self, outputs: Tensor) -> list[Any]:
+        """Per row, the probability of each label as `{label: p}` (per word for token
+        tasks). A kind without labels to weigh (regression) gives its decoded prediction."""
+        return self.decode(self.predict(outputs))
+
+    def _label_probabilities(self, probabilities: Tensor) -> list[Any]:
+        """`{label: p}` for every vector along the last dimension, nested like the input."""
+        assert self.label_names is not None
+        names = self.label_names
+
+        def as_dicts(rows: Any) -> Any:
+            if rows and isinstance(rows[0], float):
+                return dict(zip(names, rows, strict=True))
+            return [as_dicts(row) for row in rows]
+
+        return as_dicts(probabilities.float().tolist())
+
     def _column(self, frame: pd.DataFrame) -> pd.Series:
         return frame[self.task.label_columns[0]]
 
     def _names_from(self, values: Sequence[Any]) -> list[str]:
-        found = sorted({self._label_name(v) for v in values if not _is_missing(v)})
+        found = sorted({self._label_name(v) for v in values if not self._missing(v)})
         if not found:
             raise DataError(
                 f"tasks.{self.task.name}: no labelled row in the training split; "
@@ -128,7 +147,30 @@ class TaskKind(ABC):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         text = str(value)
+        if self.task.strip_labels and text != text.strip():
+            text = text.strip()
+            self._stripped += 1
         return self.task.label_map.get(text, text)
+
+    def _is_marked_missing(self, value: Any) -> bool:
+        """The cell is the task's `missing_label` marker."""
+        marker = self.task.missing_label
+        if marker is None or not isinstance(value, str):
+            return False
+        return (value.strip() if self.task.strip_labels else value) == marker
+
+    def _missing(self, value: Any) -> bool:
+        """An empty cell (NaN/None) or the task's `missing_label` marker."""
+        return _is_missing(value) or self._is_marked_missing(value)
+
+    def _report_stripped(self, split: str) -> None:
+        """Say how many label values of `split` lost surrounding whitespace, then reset."""
+        if self._stripped:
+            warnings.warn(
+                f"tasks.{self.task.name}: stripped whitespace from {self._stripped} label "
+                f"value(s) in the {split} split; set `strip_labels: false` to keep labels as "
+                "written.", UserWarning, stacklevel=3)
+        self._stripped = 0
 
     def _no_labelled_row(self) -> DataError:
         return DataError(
@@ -148,17 +190,15 @@ class TaskKind(ABC):
         )
 
 
-def frame_all_missing(frame: pd.DataFrame, columns: Sequence[str]) -> bool:
-    """True when every row misses a value in at least one of `columns`."""
-    rows = frame[list(columns)].itertuples(index=False)
-    return all(any(_is_missing(v) for v in row) for row in rows)
-
-
-def _masked_cross_entropy(outputs: Tensor, labels: Tensor) -> Tensor:
+def _masked_cross_entropy(outputs: Tensor, labels: Tensor,
+                          class_weights: Tensor | None = None) -> Tensor:
     """Cross-entropy averaged over the labelled positions (rows or tokens; IGNORE skipped),
-    0 with a graph when none is labelled. No host sync: it runs every step."""
+    0 with a graph when none is labelled. With `class_weights`, each position's loss is
+    scaled by its class's weight (still divided by the number of labelled positions, so
+    'balanced' weights keep the loss on the unweighted scale). No host sync: it runs every
+    step."""
     flat = labels.reshape(-1)
-    total = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), flat,
+    total = F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), flat, weight=class_weights,
                             ignore_index=IGNORE, reduction="sum")
     return total / (flat != IGNORE).sum().clamp(min=1)
 
@@ -177,10 +217,12 @@ class Classification(TaskKind):
 
     default_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "mcc")
+    class_weights: list[float] | None = None  # per label id, from `class_weight`
+    _weight_tensor: Tensor | None = None
 
     def fit(self, train: pd.DataFrame) -> None:
         values = self._column(train).tolist()
-        if all(_is_missing(v) for v in values):
+        if all(self._missing(v) for v in values):
             raise self._no_labelled_row()
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
@@ -191,22 +233,84 @@ class Classification(TaskKind):
                 f"tasks.{self.task.name}: classification needs at least 2 labels, found "
                 f"{self.label_names}. Check the label column or list `labels`."
             )
+        self._set_class_weights(self._ids(values, "train"))
+        self._stripped = 0  # reported when the train split is encoded
 
-    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+    def _ids(self, values: Sequence[Any], split: str) -> list[int]:
+        """Label id per value (IGNORE for a missing one)."""
         index = self._label_index()
         ids = []
-        for value in self._column(frame).tolist():
-            if _is_missing(value):
+        for value in values:
+            if self._missing(value):
                 ids.append(IGNORE)
                 continue
             name = self._label_name(value)
             if name not in index:
                 raise self._unknown_label(value, split)
             ids.append(index[name])
+        return ids
+
+    def _set_class_weights(self, train_ids: list[int]) -> None:
+        """Weights per label id from `class_weight`: 'balanced' (from the train counts) or
+        an explicit {label: weight} mapping (unlisted labels weigh 1)."""
+        setting, names = self.task.class_weight, self.label_names
+        assert names is not None
+        self._weight_tensor = None
+        if setting is None:
+            self.class_weights = None
+        elif setting == "balanced":
+            self.class_weights = self._balanced_weights(train_ids)
+        else:
+            unknown = sorted(set(setting) - set(names))
+            if unknown:
+                raise DataError(
+                    f"tasks.{self.task.name}.class_weight: label(s) {unknown} are not in the label "
+                    f"list {_shown(names)}; key the weights by label name (after `label_map`)."
+                )
+            self.class_weights = [float(setting.get(name, 1.0)) for name in names]
+
+    def _balanced_weights(self, train_ids: list[int]) -> list[float]:
+        """n_samples / (n_classes * count of the class) over the labelled train rows."""
+        from sklearn.utils.class_weight import compute_class_weight
+
+        assert self.label_names is not None
+        labelled = np.array([i for i in train_ids if i != IGNORE])
+        counts = np.bincount(labelled, minlength=len(self.label_names))
+        absent = [n for n, c in zip(self.label_names, counts, strict=True) if not c]
+        if absent:
+            raise DataError(
+                f"tasks.{self.task.name}.class_weight: 'balanced' needs every class in the train "
+                f"split, but {absent} never occur(s); give explicit weights "
+                "(class_weight: {label: weight}) or remove those labels from `labels`."
+            )
+        classes = np.arange(len(self.label_names))
+        return compute_class_weight("balanced", classes=classes, y=labelled).tolist()
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.label_names, "class_weights": self.class_weights}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.label_names = state["labels"]
+        self.class_weights = state.get("class_weights")
+        self._weight_tensor = None
+
+    def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
+        ids = self._ids(self._column(frame).tolist(), split)
+        self._report_stripped(split)
         return torch.tensor(ids, dtype=torch.long)
 
+    def _weights_like(self, outputs: Tensor) -> Tensor | None:
+        """The class weights on the outputs' device and dtype (kept there between steps)."""
+        if self.class_weights is None:
+            return None
+        weights = self._weight_tensor
+        if weights is None or weights.device != outputs.device or weights.dtype != outputs.dtype:
+            weights = torch.tensor(self.class_weights, dtype=outputs.dtype, device=outputs.device)
+            self._weight_tensor = weights
+        return weights
+
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        return _masked_cross_entropy(outputs, labels)
+        return _masked_cross_entropy(outputs, labels, self._weights_like(outputs))
 
     def predict(self, outputs: Tensor) -> Tensor:
         return outputs.argmax(dim=-1)
@@ -221,11 +325,16 @@ class Classification(TaskKind):
         assert self.label_names is not None
         return [self.label_names[i] for i in predictions.tolist()]
 
+    def probabilities(self, outputs: Tensor) -> list[Any]:
+        return self._label_probabilities(outputs.softmax(dim=-1))
+
 
 @TASK_KINDS.register("multilabel", paper="Multi-label classification (binary cross-entropy)")
 class MultiLabel(TaskKind):
     """Any subset of C labels per row; independent sigmoids. Labels come as one column of
-    label lists (or '|'-separated strings), or as one 0/1 column per label."""
+    label lists (or '|'-separated strings), or as one 0/1 column per label. In a column of
+    label lists an empty cell (NaN/None/'') means 'no labels'; only the task's
+    `missing_label` marker marks a row as unlabelled."""
 
     default_metric = "micro_f1"
     metric_names = ("micro_f1", "macro_f1", "subset_accuracy")
@@ -235,12 +344,14 @@ class MultiLabel(TaskKind):
         column = self.task.label_columns[0]
         out: list[set[str] | None] = []
         for value in frame[column].tolist():
-            if _is_missing(value):
+            if self._is_marked_missing(value):
                 out.append(None)
+            elif _is_missing(value):  # an empty cell (CSV reads it as NaN): no labels
+                out.append(set())
             elif isinstance(value, str):
-                out.append({self._label_name(v) for v in value.split("|") if v})
+                out.append({self._label_name(v) for v in value.split("|") if v.strip()})
             elif _is_sequence(value):
-                out.append({self._label_name(v) for v in value if not _is_missing(v)})
+                out.append({self._label_name(v) for v in value if not self._missing(v)})
             else:
                 raise DataError(
                     f"tasks.{self.task.name}.label: column {column!r} holds {value!r} in the "
@@ -264,29 +375,39 @@ class MultiLabel(TaskKind):
             "column of label lists, give a single `label` column."
         )
 
+    def _missing_row(self, values: Sequence[Any]) -> bool:
+        """A row of 0/1 cells with a missing cell is unlabelled."""
+        return any(self._missing(v) for v in values)
+
     def fit(self, train: pd.DataFrame) -> None:
         columns = self.task.label_columns
-        if bool(frame_all_missing(train, columns)):
-            raise self._no_labelled_row()
+        row_sets: list[set[str]] = []
+        if len(columns) > 1:
+            rows = train[columns].itertuples(index=False)
+            if all(self._missing_row(row) for row in rows):
+                raise self._no_labelled_row()
+        else:
+            row_sets = [s for s in self._row_sets(train, "train") if s is not None]
+            if not any(row_sets):  # no row carries a label: nothing to learn
+                raise DataError(
+                    f"tasks.{self.task.name}: no labelled row in the training split: no row of "
+                    f"column(s) {columns} holds a label (an empty cell means 'no labels'). Check "
+                    "the column; mark unknown labels with `missing_label`."
+                )
+        self._stripped = 0  # reported when the train split is encoded
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
         elif len(columns) > 1:  # one 0/1 column per label: its name (or its label_map entry)
             self.label_names = [self.task.label_map.get(c, c) for c in columns]
         else:
-            names = set().union(*(s for s in self._row_sets(train, "train") if s is not None))
-            if not names:
-                raise DataError(
-                    f"tasks.{self.task.name}: no label occurs in the training split; check the "
-                    f"label column {columns[0]!r} or list `labels`."
-                )
-            self.label_names = sorted(names)
+            self.label_names = sorted(set().union(*row_sets))
 
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
         columns = self.task.label_columns
         out = torch.zeros(len(frame), self.num_outputs)
         if len(columns) > 1:  # column i is output i, whatever the label names are
             for row, values in enumerate(frame[columns].itertuples(index=False)):
-                if any(_is_missing(v) for v in values):
+                if self._missing_row(values):
                     out[row] = float("nan")
                     continue
                 out[row] = torch.tensor([self._flag(v, c, split)
@@ -301,6 +422,7 @@ class MultiLabel(TaskKind):
                 if name not in index:
                     raise self._unknown_label(name, split)
                 out[row, index[name]] = 1.0
+        self._report_stripped(split)
         return out
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -323,11 +445,15 @@ class MultiLabel(TaskKind):
             for row in predictions.tolist()
         ]
 
+    def probabilities(self, outputs: Tensor) -> list[Any]:
+        return self._label_probabilities(outputs.sigmoid())
 
-@TASK_KINDS.register("regression", paper="Regression (mean squared error)")
+
+@TASK_KINDS.register("regression", paper="Regression (MSE, L1 or Huber loss)")
 class Regression(TaskKind):
-    """One or more real-valued targets (one label column each); MSE on standardised
-    targets (mean and std fitted on train), predictions reported in the original units."""
+    """One or more real-valued targets (one label column each); the task's `loss` (MSE by
+    default, or L1 / Huber) on standardised targets (mean and std fitted on train),
+    predictions reported in the original units."""
 
     default_metric = "mae"
     metric_names = ("mae", "mse", "pearson", "spearman")
@@ -347,22 +473,36 @@ class Regression(TaskKind):
         self.label_names = self.task.label_columns
 
     def _values(self, frame: pd.DataFrame, split: str) -> np.ndarray:
+        cells = frame[self.task.label_columns]
+        if self.task.missing_label is not None:
+            cells = cells.map(lambda v: np.nan if self._is_marked_missing(v) else v)
         try:
-            values = frame[self.task.label_columns].astype("float64").to_numpy()
+            values = cells.astype("float64").to_numpy()
         except (TypeError, ValueError) as error:
             raise DataError(
                 f"tasks.{self.task.name}: regression label column(s) {self.task.label_columns} "
                 f"in the {split} split hold non-numeric values ({error}). Clean them, or use "
                 "kind: classification if the values are categories."
             ) from None
-        infinite = [c for c, n in zip(self.task.label_columns, np.isinf(values).sum(0),
-                                      strict=True) if n]
-        if infinite:
-            raise DataError(
-                f"tasks.{self.task.name}: regression label column(s) {infinite} in the {split} "
-                "split hold infinite values; remove those rows or leave the label empty."
-            )
+        self._check_finite(values, split)
         return values
+
+    def _check_finite(self, values: np.ndarray, split: str) -> None:
+        """Labels are stored as float32: ±inf, or a value beyond the float32 range (which
+        becomes inf there), is reported with its column, split and row."""
+        with np.errstate(invalid="ignore"):
+            bad = np.isinf(values) | (np.abs(values) > np.finfo(np.float32).max)
+        rows, columns = np.nonzero(bad)
+        if not rows.size:
+            return
+        row, column = int(rows[0]), int(columns[0])
+        raise DataError(
+            f"tasks.{self.task.name}: regression label column "
+            f"{[self.task.label_columns[column]]} holds {values[row, column]:g} in row {row} of "
+            f"the {split} split ({rows.size} such label(s) in that split); labels must be finite, "
+            "and float32 makes any value beyond ±3.4e38 infinite. Fix or drop those rows, or "
+            "leave their labels empty to mark them missing."
+        )
 
     def state(self) -> dict[str, Any]:
         return {"labels": self.label_names, "mean": self.mean, "std": self.std}
@@ -377,16 +517,33 @@ class Regression(TaskKind):
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
         return torch.tensor(self._values(frame, split), dtype=torch.float32)
 
+    def _moments_like(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Train mean and std on the device (and in the dtype) of `values`."""
+        return (torch.tensor(self.mean, dtype=values.dtype, device=values.device),
+                torch.tensor(self.std, dtype=values.dtype, device=values.device))
+
     def _standardise(self, labels: Tensor) -> Tensor:
-        return (labels - torch.tensor(self.mean)) / torch.tensor(self.std)
+        mean, std = self._moments_like(labels)
+        return (labels - mean) / std
+
+    def _elementwise_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The task's `loss` per element, in standard deviations of each target."""
+        if self.task.loss == "l1":
+            return F.l1_loss(outputs, targets, reduction="none")
+        if self.task.loss == "huber":
+            delta = self.task.huber_delta if self.task.huber_delta is not None else 1.0
+            return F.huber_loss(outputs, targets, reduction="none", delta=delta)
+        return F.mse_loss(outputs, targets, reduction="none")
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
         missing = labels.isnan().any(dim=-1)
-        targets = self._standardise(labels).nan_to_num(0.0)
-        return _masked_mean(F.mse_loss(outputs, targets, reduction="none"), missing)
+        targets = self._standardise(labels).nan_to_num(0.0).to(outputs.dtype)
+        return _masked_mean(self._elementwise_loss(outputs, targets), missing)
 
     def predict(self, outputs: Tensor) -> Tensor:
-        return outputs.detach() * torch.tensor(self.std) + torch.tensor(self.mean)
+        values = outputs.detach().float()
+        mean, std = self._moments_like(values)
+        return values * std + mean
 
     def metrics(self, predictions: Tensor, labels: Tensor) -> dict[str, float]:
         keep = ~labels.isnan().any(dim=-1)
@@ -411,7 +568,7 @@ class TokenClassification(TaskKind):
         """Each row's tag list (None: unlabelled row)."""
         rows = []
         for i, row in enumerate(self._column(frame).tolist()):
-            if not _is_sequence(row) and _is_missing(row):
+            if not _is_sequence(row) and self._missing(row):
                 rows.append(None)
             elif _is_sequence(row):
                 rows.append(list(row))
@@ -425,13 +582,14 @@ class TokenClassification(TaskKind):
 
     def fit(self, train: pd.DataFrame) -> None:
         rows = self._tag_rows(train, "train")
-        tags = [t for row in rows if row is not None for t in row if not _is_missing(t)]
+        tags = [t for row in rows if row is not None for t in row if not self._missing(t)]
         if not tags:
             raise self._no_labelled_row()
         if self.task.labels is not None:
             self.label_names = list(self.task.labels)
         else:
             self.label_names = self._names_from(tags)
+        self._stripped = 0  # reported when the train split is encoded
 
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
         """Word-level tag ids padded with IGNORE (so are missing tags); the data layer aligns
@@ -442,12 +600,13 @@ class TokenClassification(TaskKind):
         out = torch.full((len(rows), max(width, 1)), IGNORE, dtype=torch.long)
         for i, row in enumerate(rows):
             for j, tag in enumerate(row if row is not None else []):
-                if _is_missing(tag):
+                if self._missing(tag):
                     continue  # an untagged word is left out of the loss and the metrics
                 name = self._label_name(tag)
                 if name not in index:
                     raise self._unknown_label(tag, split)
                 out[i, j] = index[name]
+        self._report_stripped(split)
         return out
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
@@ -472,3 +631,6 @@ class TokenClassification(TaskKind):
     def decode(self, predictions: Tensor) -> list[Any]:
         assert self.label_names is not None
         return [[self.label_names[i] for i in row] for row in predictions.tolist()]
+
+    def probabilities(self, outputs: Tensor) -> list[Any]:
+        return self._label_probabilities(outputs.softmax(dim=-1))

@@ -9,10 +9,15 @@ shared dataset (one dataset whose rows carry a label column per task).
 
 from __future__ import annotations
 
+import codecs
+import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from polytask.files import plain_name
 
 _IN_MEMORY_VALUES = ("DataFrame", "Dataset", "list", "ndarray", "Series")
 
@@ -50,6 +55,20 @@ class DataSpec(BaseModel):
     max_rows: dict[str, int] = Field(
         default_factory=dict, description="Keep at most N rows per split: {train: 1000}; "
         "applied after missing splits are carved, so a carved split is limited too."
+    )
+    delimiter: str | None = Field(
+        None, min_length=1, max_length=1,
+        description="CSV/TSV files: the field separator, e.g. ';' or '\\t'. Omitted: a tab for "
+        ".tsv; for .csv a comma, or the separator the header line clearly uses (';', tab, '|').",
+    )
+    encoding: str | None = Field(
+        None, description="CSV/TSV files: the text encoding, e.g. latin-1 or cp1252; UTF-8 (with "
+        "or without a byte-order mark) if omitted.",
+    )
+    missing_values: list[str | int | float] = Field(
+        default_factory=list,
+        description="CSV/TSV files: cell values that mean 'missing', e.g. ['?', -999], on top "
+        "of the usual empty cell, NA, n/a, NaN and null.",
     )
 
     @field_validator("split_names", "max_rows")
@@ -94,6 +113,32 @@ class DataSpec(BaseModel):
                                  f"{constant!r}")
         return value
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {value!r}; use e.g. utf-8, latin-1 or "
+                                 "cp1252") from None
+        return value
+
+    def resolved_against(self, base: Path) -> DataSpec:
+        """This spec with relative local `path`/`files` made absolute against `base` (a hub
+        id with `hub: true` stays as it is; `~` is expanded)."""
+
+        def absolute(value: str) -> str:
+            path = Path(value).expanduser()
+            return str(path) if path.is_absolute() else os.path.normpath(base / path)
+
+        update: dict[str, Any] = {}
+        if self.path and not self.hub:
+            update["path"] = absolute(self.path)
+        if self.files:
+            update["files"] = {split: absolute(file) for split, file in self.files.items()}
+        return self.model_copy(update=update)
+
 
 def _is_table_value(value: Any) -> bool:
     name = type(value).__name__
@@ -125,7 +170,8 @@ class Task(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    name: str = Field(description="Unique task name; used in logs, results and `--task`.")
+    name: str = Field(description="Unique task name; used in logs, results, `--task` and as a "
+                      "folder name: letters, digits, _, - and . (no /, \\ or ..).")
     kind: str = Field(description="Task kind, e.g. classification, multilabel, regression.")
     input: str | list[str] = Field(
         description="Input column(s): one text column (or two for sentence pairs) for a text "
@@ -143,11 +189,40 @@ class Task(BaseModel):
         default_factory=dict, description="Map raw label values to label names before encoding."
     )
     metric: str | None = Field(None, description="Primary metric; the kind's default if omitted.")
+    strip_labels: bool = Field(
+        True, description="Strip leading/trailing whitespace from string labels (classification, "
+        "multilabel and token tags) so ' setosa' and 'setosa' are one class; each split that "
+        "had such values is reported. false keeps labels exactly as written."
+    )
+    missing_label: str | None = Field(
+        None, description="A cell value that marks a missing label (e.g. '?'), excluded from the "
+        "loss and the metrics, in any kind. Empty cells (NaN/None) are always missing, except in "
+        "a multilabel column of label lists, where an empty cell means 'no labels'."
+    )
+    loss: Literal["mse", "l1", "huber"] | None = Field(
+        None, description="Regression only: the training loss on the standardised targets; "
+        "mse if omitted. Match it to the metric: l1 for mae, mse for mse."
+    )
+    huber_delta: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="With `loss: huber`: where the loss turns "
+        "from squared to linear, in standard deviations of the target (default 1.0)."
+    )
+    class_weight: Literal["balanced"] | dict[str, float] | None = Field(
+        None, description="Classification only: weight each class in the loss. 'balanced' uses "
+        "n_samples / (n_classes * count of the class) from the train split (as scikit-learn); "
+        "a mapping {label: weight} sets them explicitly (unlisted labels weigh 1)."
+    )
     data: DataSpec | Any = Field(
         None, description="This task's own dataset; omitted: the run's shared `data`."
     )
 
     _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes a folder name (baselines, runs), so it must be a plain one."""
+        return plain_name(value, "task name")
 
     @field_validator("input", "label")
     @classmethod
@@ -173,6 +248,48 @@ class Task(BaseModel):
             raise ValueError(f"label(s) {repeated} listed more than once; each name is one "
                              "output of the head")
         return value
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value: Any) -> Any:
+        """Numeric class names written as YAML numbers ({0: 1, 1: 5}) are label names."""
+        if isinstance(value, dict):
+            return {str(k) if isinstance(k, int | float) and not isinstance(k, bool) else k: v
+                    for k, v in value.items()}
+        return value
+
+    @field_validator("class_weight")
+    @classmethod
+    def _positive_weights(cls, value: str | dict[str, float] | None) -> Any:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("the weight mapping is empty; give {label: weight} pairs, or "
+                                 "'balanced'")
+            bad = {k: w for k, w in value.items() if not (math.isfinite(w) and w > 0)}
+            if bad:
+                raise ValueError(f"weight(s) {bad} are not positive finite numbers; give each "
+                                 "listed label a weight > 0 (unlisted labels weigh 1)")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_kind(self) -> Task:
+        if self.loss is not None and self.kind != "regression":
+            raise ValueError(f"loss: {self.loss!r} is a regression loss, but this task's kind is "
+                             f"{self.kind!r}; remove `loss` (the kind picks its own loss)")
+        if self.huber_delta is not None and self.loss != "huber":
+            raise ValueError(f"huber_delta: {self.huber_delta} only applies with `loss: huber`; "
+                             "set loss: huber or remove huber_delta")
+        if self.class_weight is not None and self.kind != "classification":
+            raise ValueError(f"class_weight: only classification tasks take class weights, but "
+                             f"this task's kind is {self.kind!r}; remove class_weight")
+        if self.missing_label is not None:
+            if not self.missing_label.strip():
+                raise ValueError("missing_label: give a visible marker such as '?'; empty cells "
+                                 "are already missing (or 'no labels' in a multilabel list column)")
+            if self.labels is not None and self.missing_label in self.labels:
+                raise ValueError(f"missing_label: {self.missing_label!r} is also in `labels`; a "
+                                 "value cannot be both a class and 'missing'. Pick another marker")
+        return self
 
     @model_validator(mode="after")
     def _labels_match_columns(self) -> Task:

@@ -1,27 +1,27 @@
 """Single-task baselines: each task trained alone with the run's settings, cached on disk.
 
 A baseline is keyed by everything that defines single-task training of that task (its
-spec and data, the backbone, the training settings and seed) but not by the multi-task
-choices (sampler, balancer, architecture), so every multi-task run of the same tasks and
-settings reuses it. It is trained with hard sharing, every-task sampling (of one task) and
-equal weighting, i.e. plain single-task fine-tuning of backbone + head.
+spec, the content of its data, the backbone, the training settings, seed and split seed) but
+not by the multi-task choices (sampler, balancer, architecture), so every multi-task run of
+the same tasks, data and settings reuses it, and an edited data file gets a new baseline.
+It is trained with hard sharing, every-task sampling (of one task) and equal weighting, i.e.
+plain single-task fine-tuning of backbone + head.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from rich.console import Console
 
 from polytask.config import MethodConfig, RunConfig
+from polytask.files import inside
 from polytask.models.inputs import content_hash
 from polytask.pipeline import resolve
+from polytask.tasks.fingerprint import data_fingerprint
 from polytask.tasks.spec import DataSpec
-from polytask.train.checkpoint import list_checkpoints
 from polytask.train.trainer import Trainer
 
 #: Train settings that change what a run shows or where it logs, not what it learns.
@@ -29,16 +29,14 @@ _NOT_IN_KEY = {"progress", "callbacks", "threads"}
 
 
 def _fingerprint(data: Any) -> Any:
-    """A stable description of a task's data (file settings, or a hash of in-memory rows)."""
-    if data is None or isinstance(data, DataSpec):
-        return None if data is None else data.model_dump(mode="json")
-    if isinstance(data, dict):
-        return {str(k): _fingerprint(v) for k, v in data.items()}
-    if isinstance(data, pd.DataFrame):
-        return int(pd.util.hash_pandas_object(data, index=False).sum() % (2**61))
-    if hasattr(data, "_fingerprint"):
-        return data._fingerprint
-    return repr(data)
+    """What identifies a task's data in the baseline key: its content (file hashes, hub id +
+    subset + revision, or a hash of in-memory rows) and the settings applied to it (rename,
+    max_rows, ...), but not where its files lie, so an edited file gets a new baseline."""
+    if data is None:
+        return None
+    settings = (data.model_dump(mode="json", exclude={"path", "files"})
+                if isinstance(data, DataSpec) else None)
+    return [settings, data_fingerprint(data)["fingerprint"]]
 
 
 def single_task_config(config: RunConfig, task: str) -> RunConfig:
@@ -60,7 +58,7 @@ def baseline_dir(config: RunConfig, task: str) -> Path:
         config.train.model_dump(mode="json", exclude=_NOT_IN_KEY),
         config.model.head_hidden, config.suite.model_dump(mode="json") if config.suite else None,
     )
-    return Path(config.baselines_dir) / f"{task}-{key}"
+    return inside(config.baselines_dir, f"{task}-{key}")
 
 
 def cached_baselines(config: RunConfig) -> dict[str, float | None]:
@@ -83,9 +81,9 @@ def train_baselines(config: RunConfig, console: Console | None = None,
             continue
         directory = baseline_dir(config, task)
         console.print(f"baseline {task}: training alone -> {directory}")
-        resume = bool(list_checkpoints(directory / "checkpoints"))
-        if not resume and directory.exists():
-            shutil.rmtree(directory)  # an attempt that crashed before its first checkpoint
-        Trainer(single_task_config(config, task), directory, resume=resume,
-                console=console).fit()
+        # resume: from the newest checkpoint, or from step 0 in a run folder whose attempt
+        # crashed before its first one (a folder that is not a run is refused, not deleted).
+        # The folder is keyed by what defines the baseline, so the config is not compared.
+        Trainer(single_task_config(config, task), directory, resume=directory.exists(),
+                console=console, compare_config=False).fit()
     return cached_baselines(config)

@@ -4,8 +4,9 @@ A checkpoint is a folder `step-NNNNNNN/` holding `model.safetensors` (weights),
 `state.pt` (optimizer, scheduler, sampler, data position, balancer and RNG state; loaded
 with `weights_only=True`) and `manifest.json` (the step and a SHA-256 of each file). It is
 written into a temporary folder and renamed into place, so a crash never leaves a
-half-written checkpoint under the final name; a checkpoint whose files do not match their
-checksums is reported and skipped in favour of the previous one.
+half-written checkpoint under the final name; a full disk removes the half-written folder
+and says so (see `polytask.files`); a checkpoint whose files do not match their checksums
+is reported and skipped in favour of the previous one.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from polytask.errors import CheckpointError
+from polytask.files import reporting, writing
 
 PREFIX = "step-"
+#: What to do when a checkpoint cannot be written for lack of space.
+_FULL_DISK_HINT = ("the previous checkpoint is kept: free some space there (or lower "
+                   "train.keep_checkpoints), then continue with --resume")
 
 
 def sha256(path: Path) -> str:
@@ -33,18 +38,21 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Save a state dict to safetensors atomically (shared tensors are cloned apart)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _separate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors that share no storage (safetensors refuses shared ones)."""
     seen: set[int] = set()
     tensors = {}
     for name, tensor in state.items():
         ptr = tensor.untyped_storage().data_ptr()
         tensors[name] = tensor.detach().cpu().clone() if ptr in seen else tensor.detach().cpu()
         seen.add(ptr)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a state dict to safetensors atomically (a full disk is a StorageError)."""
+    with writing(path) as tmp:
+        save_file(_separate(state), str(tmp))
 
 
 def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -57,24 +65,36 @@ def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 def save(directory: Path, step: int, weights: dict[str, torch.Tensor],
          state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` under `directory` atomically; keep the newest `keep`."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` under `directory` atomically; keep the newest `keep`.
+
+    If the disk fills up (or a quota or file size limit is reached) the half-written
+    folder is removed, the previous checkpoints are kept and a StorageError names the file.
+    """
     final = directory / f"{PREFIX}{step:07d}"
-    tmp = directory / f".{final.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(weights, tmp / "model.safetensors")
-    torch.save(state, tmp / "state.pt")
-    manifest = {"step": step, "sha256": {f: sha256(tmp / f) for f in ("model.safetensors",
-                                                                     "state.pt")}}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    _remove_leftovers(directory)
+    with writing(final, _FULL_DISK_HINT) as tmp:
+        tmp.mkdir()
+        with reporting(final / "model.safetensors", _FULL_DISK_HINT):
+            save_file(_separate(weights), str(tmp / "model.safetensors"))
+        # to a Python file, so torch keeps the OSError of a failed write as the context
+        with reporting(final / "state.pt", _FULL_DISK_HINT), \
+                (tmp / "state.pt").open("wb") as handle:
+            torch.save(state, handle)
+        manifest = {"step": step, "sha256": {f: sha256(tmp / f) for f in ("model.safetensors",
+                                                                         "state.pt")}}
+        with reporting(final / "manifest.json", _FULL_DISK_HINT):
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            _fsync_dir(tmp)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Remove temporary folders of checkpoints whose writer was killed mid-write."""
+    if directory.exists():
+        for leftover in directory.glob(f".{PREFIX}*.tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

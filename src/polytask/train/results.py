@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from polytask.config import RunConfig
 from polytask.evaluate.delta import delta_m, relative_change
+from polytask.files import atomic_write_text
 from polytask.models.inputs import TabularInputs, TextInputs
 from polytask.models.model import MultiTaskModel
 from polytask.models.spec import BackboneSpec
@@ -18,11 +18,8 @@ from polytask.train.checkpoint import save_weights
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file + rename; a full disk is a StorageError)."""
+    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def build_results(config: RunConfig, data: PreparedData, test: Mapping[str, Mapping[str, float]],
@@ -53,8 +50,14 @@ def build_results(config: RunConfig, data: PreparedData, test: Mapping[str, Mapp
         "best_step": best.get("step"), "sampler": config.sampler.name,
         "balancer": config.balancer.name, "architecture": config.model.architecture.name,
         "validation": best.get("validation"), "wall_time_s": round(wall_time, 2),
-        "median_step_time_s": step_time, "splits": data.record,
+        "median_step_time_s": step_time, "splits": _splits_summary(data.record),
     }
+
+
+def _splits_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """splits.json without its per-row lists (the carved rows stay in splits.json only)."""
+    return {"sources": {name: {k: v for k, v in source.items() if k != "carved_rows"}
+                        for name, source in record.get("sources", {}).items()}}
 
 
 def save_model(directory: Path, model: MultiTaskModel, data: PreparedData, spec: BackboneSpec,

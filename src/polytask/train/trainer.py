@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from torch import Tensor
 
@@ -29,10 +28,18 @@ from polytask.registry import UnknownMethodError
 from polytask.tasks.data import BatchStream
 from polytask.tasks.sampling import SAMPLERS, Sampler
 from polytask.train import checkpoint
-from polytask.train.callbacks import CALLBACKS, Callback, MetricsLog, ProgressDisplay
+from polytask.train import run_dir as run_dir_guard
+from polytask.train.callbacks import (
+    CALLBACKS,
+    Callback,
+    MetricsLog,
+    ProgressDisplay,
+    loading_status,
+)
 from polytask.train.distributed import DistributedBalancer, init_world
 from polytask.train.results import build_results, save_model, write_json
 from polytask.train.schedule import build_optimizer, build_scheduler
+from polytask.train.threads import default_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -124,32 +131,47 @@ class Trainer:
     """Trains the tasks of a `RunConfig` jointly and writes a run directory.
 
     `Trainer(config, run_dir).fit()` returns the results dict also written to
-    `run_dir/results.json`. `resume=True` continues from the newest good checkpoint.
-    `baselines` maps task name -> single-task test value of its primary metric (for Δm%).
+    `run_dir/results.json`. `resume=True` continues from the newest good checkpoint (or
+    starts from step 0 when there is none yet); the config may then differ from the run's
+    only in `run_dir.RESUMABLE_KEYS` (`compare_config=False` skips that check, for folders
+    keyed by their content, such as the single-task baselines). `baselines` maps task name
+    -> single-task test value of its primary metric (for Δm%); when not given, `fit()` reads
+    or trains them as `config.baselines` says (auto / cached / none), as `polytask train`
+    does. `config_path`: the file the config was read from, which the run must never write
+    over. The folder is guarded and locked as `polytask.train.run_dir` describes.
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path | None = None,
                  resume: bool = False, console: Console | None = None,
-                 baselines: Mapping[str, float | None] | None = None) -> None:
+                 baselines: Mapping[str, float | None] | None = None,
+                 config_path: str | Path | None = None, compare_config: bool = True) -> None:
         self.config = config
         self.run_dir = Path(run_dir or Path("runs") / (config.name or "run"))
         self.resume = resume
         self.console = console or Console(stderr=True)
-        self.baselines = dict(baselines or {})
+        # None: fit() reads or trains them as `config.baselines` says
+        self.baselines = dict(baselines) if baselines is not None else None
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.compare_config = compare_config
         self._check_run_dir()
+        if run_dir_guard.is_main_process():
+            run_dir_guard.check_free(self.run_dir)  # in use: say so before any work
 
     def _check_run_dir(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"run dir {self.run_dir} is a file, not a folder; choose another "
-                              "--run-dir")
+        """Refuse a folder this run must not write; decide whether it continues a run."""
+        run_dir_guard.check_target(self.run_dir, self.config_path)
+        run_dir_guard.check_source(self.run_dir, self.config_path, self.config.dump())
         has_results = (self.run_dir / "results.json").exists()
         has_checkpoints = bool(checkpoint.list_checkpoints(self.run_dir / "checkpoints"))
+        self.continuing = self.resume and has_checkpoints
+        self.resume_changes: dict[str, tuple[Any, Any]] = {}
         if self.resume:
-            if not has_checkpoints:
-                raise ConfigError(f"--resume: {self.run_dir} has no checkpoint to resume from")
             if has_results:
                 raise ConfigError(f"--resume: the run in {self.run_dir} has finished (it has "
                                   "results.json); nothing to resume, nothing was overwritten")
+            if self.continuing and self.compare_config:
+                self.resume_changes = run_dir_guard.config_changes(self.run_dir,
+                                                                   self.config.dump())
             return
         if has_results or has_checkpoints:
             raise ConfigError(
@@ -160,11 +182,13 @@ class Trainer:
     # -- setup ------------------------------------------------------------------------
     def _setup(self) -> None:
         train = self.config.train
-        if train.threads:
+        if train.threads:  # for data loading too; null is decided once the model is built
             torch.set_num_threads(train.threads)
         seed_everything(train.seed)
         self.world, self.device = init_world(resolve_device(train.device))
-        self.data, self.model, self.encoder, self.backbone_spec = prepare(self.config)
+        with loading_status(self.console, train.progress and self.world.is_main):
+            self.data, self.model, self.encoder, self.backbone_spec = prepare(self.config)
+        torch.set_num_threads(train.threads or default_threads(self.model))
         self.model.to(self.device)
         self.world.broadcast_module(self.model)
         self.task_names = [t.name for t in self.data.tasks]
@@ -179,6 +203,8 @@ class Trainer:
             seed=train.seed, **self.config.sampler.options)
         self.stream = BatchStream(self.data, train.batch_size, train.seed,
                                   self.world.rank, self.world.size)
+        for note in self.stream.cap_notes() if self.world.is_main else []:
+            self.console.print(f"[yellow]{note}", highlight=False)
         self.callbacks: list[Callback] = [
             build_method(_Constructor(CALLBACKS), "train.callbacks", name)
             for name in train.callbacks] if self.world.is_main else []
@@ -194,9 +220,8 @@ class Trainer:
         if not self.world.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.dump(),
-                                                                     sort_keys=False))
+        if not self.continuing:
+            run_dir_guard.write_config(self.run_dir, self.config.dump())
             write_json(self.run_dir / "splits.json", self.data.record)
 
     def _restore(self) -> None:
@@ -215,7 +240,12 @@ class Trainer:
         self.best = dict(state["best"])
         self.step = step
         self.log.truncate_after(step)
-        self.console.print(f"resumed from step {step}")
+        if self.world.is_main:
+            run_dir_guard.record_resume(self.run_dir, step, self.resume_changes,
+                                        self.config.dump())
+        changed = "".join(f"; {key}: {old!r} -> {new!r}"
+                          for key, (old, new) in self.resume_changes.items())
+        self.console.print(f"resumed from step {step}{changed}", highlight=False)
 
     def _save_checkpoint(self) -> None:
         if not self.world.is_main:  # every rank holds the same state
@@ -357,22 +387,47 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train, keep the best validation checkpoint, evaluate on test, write results."""
+        """Train, keep the best validation checkpoint, evaluate on test, write results.
+
+        The run folder is locked for the whole call (see `polytask.train.run_dir`)."""
+        with run_dir_guard.RunLock(self.run_dir, enabled=run_dir_guard.is_main_process()):
+            self._check_run_dir()  # again: another process may have written it meanwhile
+            return self._fit()
+
+    def _resolve_baselines(self) -> dict[str, float | None]:
+        """The single-task baselines `config.baselines` asks for: `auto` trains missing ones
+        (every process takes part, as in training), `cached` reads recorded ones, `none`
+        skips them. A baseline's own config says `none`, so this never recurses."""
+        from polytask.train.baselines import cached_baselines, train_baselines
+
+        if self.config.baselines == "auto":
+            return train_baselines(self.config, self.console)
+        if self.config.baselines == "cached":
+            return cached_baselines(self.config)
+        return {}
+
+    def _fit(self) -> dict[str, Any]:
+        if self.baselines is None:
+            self.baselines = self._resolve_baselines()
         started = time.perf_counter()
         self._setup()
         self._write_start()
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.resume,
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.continuing,
                               enabled=self.world.is_main)
         for callback in self.callbacks:
             callback.on_start(self.run_dir, self.config.dump())
-        if self.resume:
+        if self.continuing:
             self._restore()
+        elif self.resume:
+            self.console.print(f"no checkpoint in {self.run_dir} yet; starting from step 0",
+                               highlight=False)
         train = self.config.train
         every = train.checkpoint_every or train.eval_every
         step_times: list[float] = []
         stopped_early = False
         show = train.progress and self.world.is_main
-        with ProgressDisplay(train.max_steps, self.step, show, self.console) as bar, \
+        with ProgressDisplay(train.max_steps, self.step, show, self.console,
+                             train.log_every) as bar, \
                 _StopRequest() as stop:
             while self.step < train.max_steps:
                 tick = time.perf_counter()
