@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from polytask.balance import BALANCERS
-from polytask.balance.base import WRAPPERS
+from polytask.balance.engine import OPTION_NAMES
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import Registry
 from polytask.tasks.sampling import SAMPLERS
@@ -64,8 +64,8 @@ class MethodOption:
 
 
 def _extra_options(family: str) -> dict[str, Any]:
-    """Options every method of the family takes besides its own: the balancer wrappers."""
-    return dict.fromkeys(WRAPPERS, Any) if family == "balancer" else {}
+    """Options every method of the family takes besides its own: the balancing engine's."""
+    return dict.fromkeys(OPTION_NAMES, Any) if family == "balancer" else {}
 
 
 def _parameters(registry: Registry[Any], name: str) -> list[inspect.Parameter]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from polytask.balance import BALANCERS, GramianWeighting, JacobianAggregator, Method
+
 
 def random_jacobian(tasks: int, dim: int, rank: int, scale: float, seed: int) -> Tensor:
     """A T x P float64 matrix of the given rank, entries of order `scale`."""
@@ -51,3 +53,21 @@ def flat_grads(params: list[nn.Parameter]) -> Tensor:
     return torch.cat(
         [torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in params]
     )
+
+
+class AsAggregator:
+    """A gradient method seen as a map from the T x P Jacobian to the update, as the
+    property tests check it: `gramian_weights(J Jᵀ) @ J` for a Gramian weighting."""
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+
+    def aggregate(self, jacobian: Tensor) -> Tensor:
+        if isinstance(self.method, JacobianAggregator):
+            return self.method.aggregate(jacobian)
+        assert isinstance(self.method, GramianWeighting)
+        return self.method.gramian_weights(jacobian @ jacobian.T) @ jacobian
+
+
+def is_gradient_method(name: str) -> bool:
+    return issubclass(BALANCERS.get(name), (GramianWeighting, JacobianAggregator))

@@ -14,23 +14,21 @@ from torchjd.linalg import QuadprogProjector
 import polytask.balance as balance
 from polytask.balance.aggregation.aligned_mtl import AlignedMTL
 
-from .helpers import random_jacobian
+from .helpers import AsAggregator, random_jacobian
 
 SPECS = [(2, 7, 2, 1.0, 0), (3, 12, 3, 1e-8, 1), (4, 20, 2, 1e8, 2), (5, 9, 5, 1.0, 3),
          (6, 30, 1, 1e3, 4), (4, 10, 4, 1e-4, 5)]
 FULL_RANK = [s for s in SPECS if s[2] == s[0]]
 
 
-def agg(name: str, **kwargs: object) -> balance.GradientAggregator:
-    out = balance.get(name, **kwargs)
-    assert isinstance(out, balance.GradientAggregator)
-    return out
+def agg(name: str, **kwargs: object) -> AsAggregator:
+    return AsAggregator(balance.get(name, **kwargs).method)
 
 
 def gramian_weights(name: str, jacobian: Tensor) -> Tensor:
-    out = agg(name)
-    assert isinstance(out, balance.GramianAggregator)
-    return out.weights(jacobian @ jacobian.T)
+    out = balance.get(name).method
+    assert isinstance(out, balance.GramianWeighting)
+    return out.gramian_weights(jacobian @ jacobian.T)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -126,8 +124,8 @@ def test_gradvac_first_step_on_two_tasks_is_pcgrad() -> None:
 
 def test_gradvac_targets_track_the_cosines() -> None:
     jacobian = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
-    method = agg("gradvac", beta=0.5)
-    method.aggregate(jacobian)
+    method = balance.GradVac(beta=0.5)
+    method.gramian_weights(jacobian @ jacobian.T)
     assert method.targets is not None
     assert float(method.targets[0, 1]) == pytest.approx(0.5 / math.sqrt(2))
 
@@ -155,7 +153,7 @@ def test_golden_values(name: str, matrix: list[list[float]], expected: list[floa
     assert update.tolist() == pytest.approx(expected, rel=1e-6)
 
 
-def torchjd_twin(name: str, tasks: int) -> tuple[balance.GradientAggregator, object]:
+def torchjd_twin(name: str, tasks: int) -> tuple[AsAggregator, object]:
     """Our aggregator and torchjd's, configured to compute the same thing (torchjd's
     projector regularisation off; Aligned-MTL with torchjd's mean preference)."""
     exact = {"projector": QuadprogProjector(reg_eps=0.0, norm_eps=0.0)}

@@ -11,13 +11,12 @@ from torch import Tensor
 
 import polytask.balance as balance
 from polytask.balance import aggregation
-from polytask.balance.base import GradientAggregator, LossWeighting
+from polytask.balance.base import LossWeighting
 
-from .helpers import random_jacobian
+from .helpers import AsAggregator, is_gradient_method, random_jacobian
 
-AGGREGATORS = sorted(
-    n for n in balance.names() if issubclass(balance.BALANCERS.get(n), GradientAggregator)
-)
+#: M-ConFIG maps one task's gradient per step to an update (checked in test_backward.py)
+AGGREGATORS = sorted(n for n in balance.names() if is_gradient_method(n) and n != "m_config")
 #: Methods whose result depends on a random visiting order of the tasks.
 ORDER_RANDOM = {"pcgrad", "gradvac"}
 #: (tasks, dim, rank, scale, seed)
@@ -30,11 +29,9 @@ MATRICES = [
 ]
 
 
-def fresh(name: str) -> GradientAggregator:
-    agg = balance.get(name, **({"generator": torch.Generator().manual_seed(0)}
-                               if "generator" in _params(name) else {}))
-    assert isinstance(agg, GradientAggregator)
-    return agg
+def fresh(name: str) -> AsAggregator:
+    return AsAggregator(balance.get(name, **({"generator": torch.Generator().manual_seed(0)}
+                                             if "generator" in _params(name) else {})).method)
 
 
 def _params(name: str) -> tuple[str, ...]:

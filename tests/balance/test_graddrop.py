@@ -31,11 +31,11 @@ def reference(jacobian: Tensor, draw: Tensor) -> Tensor:
 
 
 def step(
-    model: TinyMultiTask, method: balance.Balancer, seed: int, dtype: torch.dtype
+    model: TinyMultiTask, method: balance.GradDrop, seed: int, dtype: torch.dtype
 ) -> tuple[dict[str, Tensor], Tensor]:
     x, y = batch(seed=seed)
     losses, features = model.losses(x.to(dtype), y.to(dtype))
-    method.backward(losses, model.shared(), features, model.task_params())
+    balance.backward(losses, model.shared(), method, features, task_params=model.task_params())
     return losses, features
 
 
@@ -44,7 +44,7 @@ def test_aggregate_matches_the_formula() -> None:
     jacobian = torch.randn(4, 300, generator=gen, dtype=torch.float64)
     jacobian[:, :5] = 0  # zero columns: P = ½
     jacobian[:, 5:10] = jacobian[:, 5:10].abs()  # one sign only
-    method = balance.get("graddrop", generator=torch.Generator().manual_seed(3))
+    method = balance.GradDrop(generator=torch.Generator().manual_seed(3))
     state = method.generator.get_state()
     update = method.aggregate(jacobian)
     draw = torch.rand(300, generator=torch.Generator().set_state(state), dtype=torch.float64)
@@ -59,7 +59,7 @@ def test_backward_matches_the_formula(monkeypatch: pytest.MonkeyPatch, block: in
     if block is not None:
         monkeypatch.setattr(gramian, "BLOCK", block)
     model = TinyMultiTask(width=16).double()
-    method = balance.get("graddrop", generator=torch.Generator().manual_seed(5))
+    method = balance.GradDrop(generator=torch.Generator().manual_seed(5))
     method.setup(NAMES)
     for seed in range(3):
         for p in model.shared():
@@ -83,8 +83,8 @@ def test_backward_is_aggregate_of_the_jacobian_bit_for_bit(
     if block is not None:
         monkeypatch.setattr(gramian, "BLOCK", block)
     model = TinyMultiTask(width=16)
-    method = balance.get("graddrop", generator=torch.Generator().manual_seed(7))
-    twin = balance.get("graddrop", generator=torch.Generator().manual_seed(7))
+    method = balance.GradDrop(generator=torch.Generator().manual_seed(7))
+    twin = balance.GradDrop(generator=torch.Generator().manual_seed(7))
     method.setup(NAMES)
     for seed in range(3):
         model.zero_grad()

@@ -1,4 +1,5 @@
-"""`record_gramian`: every method that sees per-task gradients leaves their Gramian."""
+"""`BalanceResult.gramian`: every method that sees per-task gradients returns their Gramian
+when asked, and none is returned when not asked."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import polytask.balance as balance
-from polytask.balance.base import GramianAggregator, LossWeighting
+from polytask.balance.base import LossWeighting
 from polytask.balance.jacobian import task_jacobian
 
 from .helpers import TinyMultiTask, batch
@@ -58,35 +59,25 @@ def test_last_gramian_when_recording(name: str, options: dict[str, Any]) -> None
         b.set_closure(lambda x=x, y=y: model.losses(x, y)[0])
         model.zero_grad()
         losses, features = model.losses(x, y)
-        b.record_gramian = True
-        b.backward(losses, model.shared(), features, model.task_params())
+        gramian = balance.backward(losses, model.shared(), b, features,
+                                   task_params=model.task_params(), gramian=True).gramian
         b.after_step(lambda x=x, y=y: model.losses(x, y)[0])
         if name in WEIGHTINGS:
-            assert b.last_gramian is None
+            assert gramian is None
             continue
-        assert b.last_gramian is not None, f"step {step}"
+        assert gramian is not None, f"step {step}"
         expected = expected_gramian(model, x, y, bool(options.get("representation")))
-        assert b.last_gramian.shape == (3, 3)
-        assert torch.allclose(b.last_gramian, expected, rtol=1e-4, atol=1e-8), f"step {step}"
+        assert gramian.shape == (3, 3)
+        assert torch.allclose(gramian, expected, rtol=1e-4, atol=1e-8), f"step {step}"
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS, ids=lambda v: str(v))
-def test_no_stale_gramian_when_not_recording(name: str, options: dict[str, Any]) -> None:
+def test_no_gramian_when_not_asked(name: str, options: dict[str, Any]) -> None:
     model = TinyMultiTask()
     b = build(name, options)
-    for step, record in enumerate([True, False]):
-        x, y = batch(seed=step)
-        b.set_closure(lambda x=x, y=y: model.losses(x, y)[0])
-        losses, features = model.losses(x, y)
-        b.record_gramian = record
-        b.backward(losses, model.shared(), features, model.task_params())
-    # Gramian methods (and representation-level ones) may always leave it; if they do, it
-    # must be this step's
-    if b.last_gramian is not None:
-        inner = b
-        while hasattr(inner, "inner"):
-            inner = inner.inner
-        assert isinstance(inner, GramianAggregator) or options.get("representation")
-        x, y = batch(seed=1)
-        expected = expected_gramian(model, x, y, bool(options.get("representation")))
-        assert torch.allclose(b.last_gramian, expected, rtol=1e-4, atol=1e-8)
+    x, y = batch()
+    b.set_closure(lambda: model.losses(x, y)[0])
+    losses, features = model.losses(x, y)
+    result = balance.backward(losses, model.shared(), b, features,
+                              task_params=model.task_params())
+    assert result.gramian is None

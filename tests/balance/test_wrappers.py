@@ -1,4 +1,5 @@
-"""Wrappers: representation-level gradients, update_every, sparse training, per-task SAM."""
+"""Engine options: representation-level gradients, update_every, sparse training, per-task
+SAM (each on its own; `test_engine.py` composes them)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,14 @@ import torch
 
 import polytask.balance as balance
 import polytask.balance.gramian as gramian
-from polytask.balance.base import GradientAggregator
 from polytask.balance.jacobian import task_jacobian
 
-from .helpers import TinyMultiTask, batch, flat_grads
+from .helpers import AsAggregator, TinyMultiTask, batch, flat_grads, is_gradient_method
 
 NAMES = ["t0", "t1", "t2"]
 FEATURE_METHODS = [
     n for n in balance.names()
-    if issubclass(balance.BALANCERS.get(n), GradientAggregator)
-    and balance.BALANCERS.get(n).supports_features
+    if is_gradient_method(n) and balance.BALANCERS.get(n).supports_features
 ]
 
 
@@ -28,7 +27,7 @@ def test_representation_level_runs_for_every_capable_method(name: str) -> None:
     losses, features = model.losses(*batch())
     b = balance.get(name, representation=True)
     b.setup(NAMES)
-    b.backward(losses, model.shared(), features, model.task_params())
+    balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
     assert torch.isfinite(flat_grads(model.shared())).all()
     assert flat_grads(model.shared()).abs().sum() > 0
 
@@ -38,42 +37,45 @@ def test_mgda_ub_is_the_weighted_sum_with_feature_gramian_weights() -> None:
     x, y = batch()
     losses, features = model.losses(x, y)
     b = balance.get("mgda", representation=True)
-    weights = b.backward(losses, model.shared(), features, model.task_params())
+    weights = balance.backward(losses, model.shared(), b, features,
+                               task_params=model.task_params()).weights
     got = flat_grads(model.shared())
     model.zero_grad()
     losses, features = model.losses(x, y)
     vector = torch.stack([losses[n] for n in NAMES])
     jf = task_jacobian(vector, [features])
-    w = balance.get("mgda").weights(jf @ jf.T)
+    w = balance.MGDA().gramian_weights(jf @ jf.T)
     assert [weights[n] for n in NAMES] == pytest.approx(w.tolist())
     expected = torch.autograd.grad((w * vector).sum(), model.shared())
     assert torch.allclose(got, torch.cat([g.flatten() for g in expected]), rtol=1e-5, atol=1e-7)
 
 
 def test_representation_errors() -> None:
-    with pytest.raises(ValueError, match="aggregator"):
+    with pytest.raises(ValueError, match="loss weighting"):
         balance.get("ew", representation=True)
-    with pytest.raises(ValueError, match="aggregator"):
+    with pytest.raises(ValueError, match="representation"):
         balance.get("m_config", representation=True)
     model = TinyMultiTask()
-    losses, _ = model.losses(*batch())
-    with pytest.raises(ValueError, match="features"):
-        balance.get("mgda", representation=True).backward(losses, model.shared())
+    x = torch.randn(4, 5)
+    losses = {"a": model.trunk(x).sum(), "b": model.trunk[0](x).sum()}  # no common output
+    with pytest.raises(ValueError, match="features="):
+        balance.backward(losses, model.shared(), balance.get("mgda", representation=True))
 
 
 def test_update_every_reuses_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     b = balance.get("nash_mtl", update_every=3)
     b.setup(NAMES)
     calls = []
-    inner = b.inner  # type: ignore[attr-defined]
-    original = inner.weights
-    monkeypatch.setattr(inner, "weights", lambda g: calls.append(1) or original(g))
+    inner = b.method
+    original = inner.gramian_weights
+    monkeypatch.setattr(inner, "gramian_weights", lambda g: calls.append(1) or original(g))
     model = TinyMultiTask()
     seen = []
     for step in range(4):
         model.zero_grad()
         losses, features = model.losses(*batch(seed=step))
-        seen.append(b.backward(losses, model.shared(), features, model.task_params()))
+        seen.append(balance.backward(losses, model.shared(), b, features,
+                                     task_params=model.task_params()).weights)
         losses, _ = model.losses(*batch(seed=step))
         vector = torch.stack([losses[n] for n in NAMES])
         w = torch.tensor([seen[-1][n] for n in NAMES])
@@ -94,14 +96,14 @@ def test_sparse_updates_only_the_chosen_entries() -> None:
     for step in range(2):
         model.zero_grad()
         losses, features = model.losses(*batch(seed=step))
-        b.backward(losses, model.shared(), features, model.task_params())
+        balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
         grads = flat_grads(model.shared())
         masks.append(grads != 0)
         assert int(masks[-1].sum()) <= -(-grads.numel() // 4)
-    assert torch.equal(masks[0] | masks[1], b.mask)  # type: ignore[attr-defined]
+    assert torch.equal(masks[0] | masks[1], b.state.mask)
     restored = balance.get("pcgrad", sparse=0.25)
     restored.load_state_dict(b.state_dict())
-    assert torch.equal(restored.mask, b.mask)  # type: ignore[attr-defined]
+    assert torch.equal(restored.state.mask, b.state.mask)
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "graddrop"])
@@ -119,8 +121,7 @@ def test_sparse_matches_the_restricted_jacobian(
         return balance.get(name, **options)
 
     model = TinyMultiTask(width=16).double()
-    twin = make()
-    assert isinstance(twin, GradientAggregator)
+    twin = AsAggregator(make().method)
     b = make(sparse=0.3)
     b.setup(NAMES)
     mask = None
@@ -128,13 +129,13 @@ def test_sparse_matches_the_restricted_jacobian(
         model.zero_grad()
         x, y = batch(seed=step)
         losses, features = model.losses(x.double(), y.double())
-        b.backward(losses, model.shared(), features, model.task_params())
+        balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
         jacobian = task_jacobian([losses[n] for n in NAMES], model.shared())
         if mask is None:
             keep = math.ceil(0.3 * jacobian.shape[1])
             mask = torch.zeros(jacobian.shape[1], dtype=torch.bool)
             mask[jacobian.sum(0).abs().topk(keep).indices] = True
-            assert torch.equal(mask, b.mask)  # type: ignore[attr-defined]
+            assert torch.equal(mask, b.state.mask)
         expected = torch.zeros(jacobian.shape[1], dtype=torch.float64)
         expected[mask] = twin.aggregate(jacobian[:, mask])
         assert torch.allclose(flat_grads(model.shared()), expected, rtol=1e-9, atol=1e-12)
@@ -146,11 +147,11 @@ def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:
     before = [p.detach().clone() for p in model.shared()]
     b = balance.get("upgrad", sam_rho=0.05)
     losses, features = model.losses(x, y)
-    with pytest.raises(RuntimeError, match="set_closure"):
-        b.backward(losses, model.shared(), features, model.task_params())
+    with pytest.raises(ValueError, match="set_closure"):
+        balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
     model.zero_grad()
-    b.set_closure(lambda: model.losses(x, y)[0])  # type: ignore[attr-defined]
-    b.backward(losses, model.shared(), features, model.task_params())
+    b.set_closure(lambda: model.losses(x, y)[0])
+    balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
     sam = flat_grads(model.shared())
     assert all(torch.equal(p, q) for p, q in zip(model.shared(), before, strict=True))
     model.zero_grad()
@@ -161,7 +162,7 @@ def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:
     # as rho -> 0 the flat gradients tend to the plain ones
     model.zero_grad()
     tiny = balance.get("upgrad", sam_rho=1e-6)
-    tiny.set_closure(lambda: model.losses(x, y)[0])  # type: ignore[attr-defined]
+    tiny.set_closure(lambda: model.losses(x, y)[0])
     losses, features = model.losses(x, y)
     tiny.backward(losses, model.shared(), features, model.task_params())
     assert torch.allclose(flat_grads(model.shared()), plain, rtol=1e-3, atol=1e-5)

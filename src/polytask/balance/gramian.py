@@ -37,6 +37,7 @@ from polytask.balance.jacobian import (
     as_vector,
     batched_grads,
     cut_at_features,
+    cut_rows,
     flatten_grads,
 )
 
@@ -84,13 +85,15 @@ def _leaf(node: Node | None, consumers: dict[Node, int], owned: dict[int, Tensor
     return None if variable is None else owned.get(id(variable))
 
 
-def find_linear_layers(root: Tensor, params: Sequence[Tensor]) -> list[_Linear]:
-    """The linear layers below `root` (the loss vector, or the shared representation) whose
-    weight (and bias, if any) are among `params` and used once."""
-    if root.grad_fn is None:
+def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> list[_Linear]:
+    """The linear layers below `root` (the loss vector, the shared representation, or the
+    node that made it) whose weight (and bias, if any) are among `params` and used once."""
+    if isinstance(root, Tensor):
+        root = root.grad_fn
+    if root is None:
         return []
     owned = {id(p): p for p in params}
-    nodes, consumers = _graph(root.grad_fn)
+    nodes, consumers = _graph(root)
     layers = []
     for node in nodes:
         kind = _LINEAR_NODES.get(type(node).__name__)
@@ -131,31 +134,38 @@ class TaskGradients:
     `losses` is the loss vector, or the sequence of per-task losses; with the latter and the
     shared representation `features`, the batched backward starts at `features` when every
     path to `params` passes through it (see `polytask.balance.jacobian.cut_at_features`).
+    `features` may also be a `GradientEdge` that the caller knows every such path crosses
+    (`polytask.balance.engine.find_shared_graph` finds one in the graph).
     `gramian()` is the T x T matrix of their inner products; `accumulate(w)` adds
     Σ_t w_t ∇L_t into the parameters' `.grad` without another backward pass.
     """
 
     def __init__(
-        self, losses: Losses, params: Sequence[Tensor], features: Tensor | None = None
+        self,
+        losses: Losses,
+        params: Sequence[Tensor],
+        features: Tensor | GradientEdge | None = None,
     ) -> None:
         self.params = list(params)
         #: Where each parameter starts in the flattened parameter vector (and its length).
         self.offsets = [0]
         for p in self.params:
             self.offsets.append(self.offsets[-1] + p.numel())
-        cut = cut_at_features(losses, features, self.params)
-        if cut is not None:
-            assert features is not None
-            root: Tensor = features
+        root: Tensor | GradientEdge | None = features
+        if isinstance(features, GradientEdge) and not isinstance(losses, Tensor):
+            cut = cut_rows(losses, features)
         else:
+            cut = cut_at_features(losses, features, self.params)
+        if cut is None or root is None:
             root = as_vector(losses)
-        self.tasks = len(losses) if cut is not None else root.numel()
-        like = root
-        self.layers = find_linear_layers(root, self.params)
+        self.tasks = root.numel() if isinstance(root, Tensor) and cut is None else len(losses)
+        like = losses if isinstance(losses, Tensor) else losses[0]
+        root_node = root.node if isinstance(root, GradientEdge) else root.grad_fn
+        self.layers = find_linear_layers(root_node, self.params)
         in_layers = {id(p) for layer in self.layers for p in (layer.weight, layer.bias)}
         self.others = [p for p in self.params if id(p) not in in_layers]
         # a layer that produced `features` itself receives the cut gradients directly
-        at_root = [cut is not None and layer.node is root.grad_fn for layer in self.layers]
+        at_root = [cut is not None and layer.node is root_node for layer in self.layers]
         edges = [
             GradientEdge(layer.node, 0)
             for layer, direct in zip(self.layers, at_root, strict=True)
@@ -266,9 +276,9 @@ class TaskGradients:
             if z is None:
                 continue
             combined = (w @ z.reshape(self.tasks, -1)).view(z.shape[1:])
-            _add_grad(layer.weight, combined.T @ layer.inputs)
+            _add_grad(layer.weight, combined.T @ layer.inputs, fresh=True)
             if layer.bias is not None:
-                _add_grad(layer.bias, combined.sum(0))
+                _add_grad(layer.bias, combined.sum(0), fresh=True)
         if not self.others:
             return
         update = w @ self.other_grads
@@ -278,6 +288,12 @@ class TaskGradients:
             offset += p.numel()
 
 
-def _add_grad(param: Tensor, value: Tensor) -> None:
-    value = value.to(param.dtype)
-    param.grad = value.clone() if param.grad is None else param.grad.add_(value)
+def _add_grad(param: Tensor, value: Tensor, fresh: bool = False) -> None:
+    """Add `value` into `param.grad`; a `fresh` value (a new tensor nobody else holds)
+    becomes the gradient itself instead of a copy."""
+    if param.grad is not None:
+        param.grad.add_(value.to(param.dtype))
+    elif fresh and value.dtype == param.dtype and value.is_contiguous():
+        param.grad = value
+    else:
+        param.grad = value.to(param.dtype).clone()

@@ -31,7 +31,7 @@ def as_vector(losses: Losses) -> Tensor:
 
 
 def batched_grads(
-    outputs: Tensor,
+    outputs: Tensor | GradientEdge,
     inputs: Sequence[Tensor | GradientEdge],
     grad_outputs: Tensor | None = None,
 ) -> tuple[Tensor | None, ...]:
@@ -43,6 +43,7 @@ def batched_grads(
     if not inputs:
         return ()
     if grad_outputs is None:
+        assert isinstance(outputs, Tensor), "a node's output needs its grad_outputs"
         t = outputs.numel()
         grad_outputs = torch.eye(t, dtype=outputs.dtype, device=outputs.device)
     try:
@@ -100,11 +101,20 @@ def cut_at_features(
             if child is not None and child not in seen:
                 seen.add(child)
                 stack.append(child)
-    rows = []
-    for loss in losses:
-        (grad,) = torch.autograd.grad(loss, features, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(features) if grad is None else grad)
-    return torch.stack(rows)
+    return cut_rows(losses, features)
+
+
+def cut_rows(losses: Sequence[Tensor], cut: Tensor | GradientEdge) -> Tensor | None:
+    """The T per-task gradients w.r.t. `cut` (a tensor or a node's output), stacked: one
+    plain backward per task, each through its own head only. None when no loss reaches it."""
+    grads = [
+        torch.autograd.grad(loss, cut, retain_graph=True, allow_unused=True)[0]
+        for loss in losses
+    ]
+    like = next((g for g in grads if g is not None), None)
+    if like is None:
+        return None
+    return torch.stack([torch.zeros_like(like) if g is None else g for g in grads])
 
 
 def per_task_grads(

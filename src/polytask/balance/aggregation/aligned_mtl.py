@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.base import BALANCERS, GramianWeighting
 from polytask.balance.solvers import as_weights, normalized, to_numpy
 
 
 @BALANCERS.register(
     "aligned_mtl", paper="Independent Component Alignment for Multi-Task Learning (2023)"
 )
-class AlignedMTL(GramianAggregator):
+class AlignedMTL(GramianWeighting):
     """Aligned-MTL: replaces the task gradients J by the aligned system B J whose non-zero
     singular values all equal the smallest one of J (condition number 1), then combines the
     aligned gradients with the user's `task_weights` (default 1 each: sum convention, as in
@@ -39,7 +39,7 @@ class AlignedMTL(GramianAggregator):
         lam, v = values[keep], vectors[:, keep]
         return np.sqrt(lam.min()) * (v / np.sqrt(lam)) @ v.T
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         t = gramian.shape[0]
         user = np.ones(t) if self.task_weights is None else np.asarray(self.task_weights)
         if user.shape != (t,):

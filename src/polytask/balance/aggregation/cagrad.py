@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.base import BALANCERS, GramianWeighting
 from polytask.balance.solvers import as_weights, minimize_on_simplex, normalized, to_numpy
 
 
 @BALANCERS.register(
     "cagrad", paper="Conflict-Averse Gradient Descent for Multi-task Learning (Liu 2021)"
 )
-class CAGrad(GramianAggregator):
+class CAGrad(GramianWeighting):
     """CAGrad: maximises the worst task improvement within a ball of radius c|g0| around the
     mean gradient g0. The dual is min_{w in simplex} g_wᵀg0 + c|g0| |g_w| (g_w = wᵀJ,
     solved by SLSQP as in the authors' code) and the update is g0 + c|g0| g_w / |g_w|,
@@ -27,7 +27,7 @@ class CAGrad(GramianAggregator):
         self.c = c
         self.rescale = rescale
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         g, _ = normalized(to_numpy(gramian))
         t = g.shape[0]
         mean = np.full(t, 1.0 / t)

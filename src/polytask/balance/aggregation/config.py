@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.base import BALANCERS, GramianWeighting
 from polytask.balance.solvers import (
     RELATIVE_EPS,
     as_weights,
@@ -35,12 +35,12 @@ def config_weights(gramian: np.ndarray) -> np.ndarray:
 @BALANCERS.register(
     "config", paper="ConFIG: Towards Conflict-free Training of PINNs (Liu et al. 2024)"
 )
-class ConFIG(GramianAggregator):
+class ConFIG(GramianWeighting):
     """ConFIG: the direction x with equal cosine to every task gradient (the min-norm
     solution of Û x = 1, Û the unit gradients), scaled to length Σ_t g_t·x̂, the sum of the
     gradients' projections on it (sum convention, as in the paper). Positive inner product
     with every gradient when they are linearly independent.
     """
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         return as_weights(config_weights(to_numpy(gramian)), gramian)

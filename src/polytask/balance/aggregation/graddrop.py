@@ -3,23 +3,17 @@ Gradient Sign Dropout", NeurIPS)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from polytask.balance.base import (
-    BALANCERS,
-    GradientAggregator,
-    make_generator,
-    start_backward,
-)
-from polytask.balance.gramian import TaskGradients
+from polytask.balance.base import BALANCERS, JacobianAggregator, make_generator
 
 
 @BALANCERS.register("graddrop", paper="Just Pick a Sign: Gradient Sign Dropout (Chen 2020)")
-class GradDrop(GradientAggregator):
+class GradDrop(JacobianAggregator):
     """GradDrop: per coordinate, the positive-sign purity P = ½(1 + Σ_t g_t / Σ_t |g_t|)
     decides, against one uniform draw U, which sign survives: positive task gradients are
     kept where P > U, negative ones where P < U. The update is the sum of the surviving
@@ -27,12 +21,12 @@ class GradDrop(GradientAggregator):
     applies it to activation gradients: use `representation=True` for that.
 
     Each step draws one float64 uniform per shared coordinate, in the order of the
-    flattened, concatenated parameters (one `torch.rand(P)` call on `generator`). `backward`
-    works a block of coordinates at a time from the factored per-task gradients
-    (`TaskGradients.blocks`: a few rows of a linear layer's weight at once) and never forms
-    the T x P matrix; per coordinate it does the same arithmetic on the same draw as
-    `aggregate` on the full matrix, so its update is bit for bit that of
-    `aggregate(TaskGradients.jacobian())` for the same generator state. (That matrix is
+    flattened, concatenated parameters (one `torch.rand(P)` call on `generator`). Its
+    `column_aggregator` lets the engine work a block of coordinates at a time from the
+    factored per-task gradients (`TaskGradients.blocks`: a few rows of a linear layer's
+    weight at once) without forming the T x P matrix; per coordinate it does the same
+    arithmetic on the same draw as `aggregate` on the full matrix, so its update is bit for
+    bit that of `aggregate(TaskGradients.jacobian())` for the same generator state. (That matrix is
     assembled from the same row blocks; a whole-layer matrix product can differ from the
     row-block ones in the last bits for some shapes, as the BLAS picks kernels by shape.)
     """
@@ -45,51 +39,19 @@ class GradDrop(GradientAggregator):
         draw = torch.rand(jacobian.shape[1], generator=self.generator, dtype=torch.float64)
         return _drop(jacobian, draw)
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        shared_params: Sequence[Tensor],
-        features: Tensor | None = None,
-        task_params: Sequence[Tensor] | None = None,
-    ) -> dict[str, float]:
-        names, _vector, params = start_backward(losses, shared_params, task_params)
-        gradients = TaskGradients([losses[n] for n in names], params, features)
-        self.last_gramian = gradients.gramian().detach() if self.record_gramian else None
-        offsets = gradients.offsets
-        draw = torch.rand(offsets[-1], generator=self.generator, dtype=torch.float64)
-        if params and params[0].device != draw.device:
-            draw = draw.to(params[0].device)
-        with torch.no_grad():
-            targets = [_target(p) for p in params]
-            for i, start, block in gradients.blocks():
-                flat, fresh = targets[i]
-                n = block.shape[1]
-                first = offsets[i] + start
-                update = _drop(block, draw[first : first + n], overwrite=True)
-                if fresh:  # the blocks tile the parameter: each entry is written once
-                    flat[start : start + n].copy_(update)
-                else:
-                    flat[start : start + n].add_(update)
-            for p, (flat, fresh) in zip(params, targets, strict=True):
-                if fresh:
-                    p.grad = flat.view_as(p) if p.grad is None else p.grad.add_(flat.view_as(p))
-        return {}
+    def column_aggregator(self, columns: int) -> Callable[[Tensor, int], Tensor]:
+        draw = torch.rand(columns, generator=self.generator, dtype=torch.float64)
+
+        def drop(block: Tensor, first: int) -> Tensor:
+            return _drop(block, draw[first : first + block.shape[1]], overwrite=True)
+
+        return drop
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-
-
-def _target(param: Tensor) -> tuple[Tensor, bool]:
-    """Where a parameter's update goes: its flattened `.grad` when that exists and is
-    contiguous (added into), else a new buffer (written, then made or added into `.grad`
-    by the caller: fresh is True)."""
-    grad = param.grad
-    if grad is not None and grad.is_contiguous():
-        return grad.view(-1), False
-    return torch.empty(param.numel(), dtype=param.dtype, device=param.device), True
 
 
 #: integer dtype of each float dtype's width, to select entries by bit masks

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator, make_generator
+from polytask.balance.base import BALANCERS, GramianWeighting, make_generator
 from polytask.balance.solvers import to_numpy
 
 
 @BALANCERS.register("gradvac", paper="Gradient Vaccine (Wang et al. 2021)")
-class GradVac(GramianAggregator):
+class GradVac(GramianWeighting):
     """GradVac: like PCGrad, but every pair of tasks has a target cosine φ̂_ij (an EMA, rate
     `beta`, of the observed cosines, starting at 0); whenever cos(g_i', g_j) < φ̂_ij, g_i'
     is moved along g_j until the cosine equals the target. Sum of the adjusted gradients
@@ -29,7 +29,7 @@ class GradVac(GramianAggregator):
         self.generator = make_generator(generator)
         self.targets: Tensor | None = None
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         rows = to_numpy(gramian).tolist()  # T is small: plain floats beat tensor ops here
         t = len(rows)
         if self.targets is None or self.targets.shape[0] != t:

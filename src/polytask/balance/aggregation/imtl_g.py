@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.base import BALANCERS, GramianWeighting
 from polytask.balance.solvers import RELATIVE_EPS, as_weights, normalized, to_numpy
 
 
 @BALANCERS.register("imtl_g", paper="Towards Impartial Multi-task Learning (Liu et al. 2021)")
-class IMTLG(GramianAggregator):
+class IMTLG(GramianWeighting):
     """IMTL-G: the update g = Σ_t α_t g_t with Σ α_t = 1 has the same projection on every
     unit task gradient u_t (g·u_t = c for all t), so no task is favoured by its scale.
 
@@ -21,7 +21,7 @@ class IMTLG(GramianAggregator):
     linearly dependent. Tasks with a zero gradient get weight 0. Weights sum to 1.
     """
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         g, _ = normalized(to_numpy(gramian))
         t = g.shape[0]
         norms = np.sqrt(np.clip(np.diag(g), 0.0, None))

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator
+from polytask.balance.base import BALANCERS, GramianWeighting
 from polytask.balance.solvers import as_weights, min_norm_in_hull, to_numpy
 
 
 @BALANCERS.register(
     "mgda", paper="Multi-Task Learning as Multi-Objective Optimization (Sener & Koltun 2018)"
 )
-class MGDA(GramianAggregator):
+class MGDA(GramianWeighting):
     """MGDA: the update is the minimum-norm point of the convex hull of the task gradients,
     a common descent direction for every task (or zero at a Pareto-stationary point).
 
@@ -21,5 +21,5 @@ class MGDA(GramianAggregator):
     Frank-Wolfe. With `representation=True` (see `polytask.balance.get`) this is MGDA-UB.
     """
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         return as_weights(min_norm_in_hull(to_numpy(gramian)), gramian)

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polytask.balance.base import BALANCERS, GramianAggregator, make_generator
+from polytask.balance.base import BALANCERS, GramianWeighting, make_generator
 from polytask.balance.solvers import to_numpy
 
 
 @BALANCERS.register("pcgrad", paper="Gradient Surgery for Multi-Task Learning (Yu et al. 2020)")
-class PCGrad(GramianAggregator):
+class PCGrad(GramianWeighting):
     """PCGrad: each task gradient g_i, visiting the other tasks in a random order, is
     projected onto the normal plane of every g_j it conflicts with (g_i·g_j < 0); the update
     is the sum of the projected gradients (sum convention, as in the paper).
@@ -28,7 +28,7 @@ class PCGrad(GramianAggregator):
         super().__init__()
         self.generator = make_generator(generator)
 
-    def weights(self, gramian: Tensor) -> Tensor:
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
         rows = to_numpy(gramian).tolist()  # T is small: plain floats beat tensor ops here
         t = len(rows)
         total = [0.0] * t

@@ -35,7 +35,7 @@ class DynamicWeightAverage(LossWeighting):
         self.running = torch.zeros(0, dtype=torch.float64)
         self.count = 0
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         self.task_index(names)
         if list(names) != self.task_names:
             raise ValueError(f"dwa needs every task in every step, in order {self.task_names}")

@@ -15,6 +15,6 @@ class EqualWeighting(LossWeighting):
     """Equal weighting: every task weighs 1/T (mean convention), so `ew` on one task is
     single-task training and the learning rate does not need retuning when T changes."""
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         del names
         return torch.full_like(losses, 1.0 / losses.numel()).detach()

@@ -27,7 +27,7 @@ class FixedWeighting(LossWeighting):
             raise ValueError(f"fixed weights give no weight for tasks {missing}")
         super().setup(task_names)
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         missing = [n for n in names if n not in self.fixed]
         if missing:
             raise KeyError(f"fixed weights give no weight for tasks {missing}")

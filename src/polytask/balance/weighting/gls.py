@@ -22,13 +22,13 @@ class GeometricLoss(LossWeighting):
 
     needs_all_tasks = True
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         del names
         if not bool((losses.detach() > 0).all()):
             raise ValueError(f"gls needs positive losses, got {losses.detach().tolist()}")
         geometric = torch.exp(torch.log(losses.detach()).mean())
         return geometric / (losses.numel() * losses.detach())
 
-    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
+    def objective(self, losses: Tensor, weights: Tensor) -> Tensor:
         del weights
         return torch.exp(torch.log(losses).mean())

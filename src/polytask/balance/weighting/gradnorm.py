@@ -9,21 +9,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from polytask.balance.base import BALANCERS, Balancer, stack_losses
-from polytask.balance.gramian import TaskGradients
+from polytask.balance.base import BALANCERS, LossWeighting
 
 
 @BALANCERS.register(
     "gradnorm", paper="GradNorm: Gradient Normalization for Adaptive Loss Balancing (Chen 2018)"
 )
-class GradNorm(Balancer):
+class GradNorm(LossWeighting):
     """GradNorm: learnable weights w_t (in `parameters()`, trained by the run's optimizer)
     whose gradient is that of Σ_t |G_t - Ḡ r_t^α|, with G_t = w_t |∇_W L_t| the weighted
     gradient norm at the last shared weight matrix W, Ḡ its mean and r_t the task's
     inverse training rate L_t / L_t(0) over its mean. The network gets the gradient of
     Σ_t w_t L_t. After each optimizer step the weights are renormalised to sum to T (sum
-    convention, as in the paper). Needs per-task gradients of W only (one batched backward
-    that stops at W).
+    convention, as in the paper). Needs per-task gradients of W only: the engine computes
+    their Gramian (one batched backward that stops at W) for `observe_gramian`.
     """
 
     needs_all_tasks = True
@@ -42,37 +41,31 @@ class GradNorm(Balancer):
     def parameters(self) -> list[nn.Parameter]:
         return [self.task_weights]
 
-    def backward(
-        self,
-        losses: Mapping[str, Tensor],
-        shared_params: Sequence[Tensor],
-        features: Tensor | None = None,
-        task_params: Sequence[Tensor] | None = None,
-    ) -> dict[str, float]:
-        del features, task_params  # the weighted-sum backward reaches every parameter
-        if not self.task_names:
-            raise RuntimeError("gradnorm learns one weight per task: call setup(task_names)")
-        names, vector = stack_losses(losses)
-        if names != self.task_names:
-            raise ValueError(f"gradnorm needs every task in every step, in order {self.task_names}")
+    def gradient_probe(self, shared_params: Sequence[Tensor]) -> list[Tensor]:
         trainable = [p for p in shared_params if p.requires_grad]
         matrices = [p for p in trainable if p.dim() >= 2]
-        layer = (matrices or trainable)[-1]
-        gramian = TaskGradients(vector, [layer]).gramian()
+        return (matrices or trainable)[-1:]
+
+    def observe_gramian(self, gramian: Tensor, losses: Tensor) -> None:
+        """Add the GradNorm loss's gradient into the weights' `.grad`."""
         norms = gramian.diagonal().clamp_min(0).sqrt().to(self.task_weights.dtype)
         if self.initial is None:
-            self.initial = vector.detach().clone()
-        rate = vector.detach() / self.initial
+            self.initial = losses.detach().clone()
+        rate = losses.detach() / self.initial
         rate = (rate / rate.mean()).to(self.task_weights.dtype)
         weighted = self.task_weights * norms
         target = (weighted.mean() * rate**self.alpha).detach()
         grad = torch.autograd.grad((weighted - target).abs().sum(), self.task_weights)[0]
-        w = self.task_weights.detach()
         self.task_weights.grad = grad if self.task_weights.grad is None else (
             self.task_weights.grad + grad
         )
-        (w.to(vector.dtype) * vector).sum().backward()
-        return dict(zip(names, w.tolist(), strict=True))
+
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+        if not self.task_names:
+            raise RuntimeError("gradnorm learns one weight per task: call setup(task_names)")
+        if list(names) != self.task_names:
+            raise ValueError(f"gradnorm needs every task in every step, in order {self.task_names}")
+        return self.task_weights.detach().to(losses.dtype)
 
     def after_step(self, recompute_losses: Callable[[], Mapping[str, Tensor]]) -> None:
         del recompute_losses

@@ -35,7 +35,7 @@ class ImprovableGapBalancing(LossWeighting):
         self.reference_sum = torch.zeros(0, dtype=torch.float64)
         self.seen = 0
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         self.task_index(names)
         if list(names) != self.task_names:
             raise ValueError(f"igb needs every task in every step, in order {self.task_names}")

@@ -30,12 +30,12 @@ class ImpartialLossWeighting(LossWeighting):
     def parameters(self) -> list[nn.Parameter]:
         return [self.scales]
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         if not self.task_names:
             raise RuntimeError("imtl_l learns one parameter per task: call setup(task_names)")
         return torch.exp(self.scales[self.task_index(names)]).to(losses.dtype)
 
-    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
+    def objective(self, losses: Tensor, weights: Tensor) -> Tensor:
         # Σ exp(s) L - s with w = exp(s), so that autograd reaches s through w.
         return (weights * losses - torch.log(weights)).sum()
 

@@ -23,7 +23,7 @@ class RandomLossWeighting(LossWeighting):
         super().__init__()
         self.generator = make_generator(generator)
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         z = torch.randn(len(names), generator=self.generator, dtype=torch.float64)
         return torch.softmax(z, dim=0).to(dtype=losses.dtype, device=losses.device)
 

@@ -38,12 +38,12 @@ class UncertaintyWeighting(LossWeighting):
     def parameters(self) -> list[nn.Parameter]:
         return [self.log_vars]
 
-    def weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
+    def loss_weights(self, losses: Tensor, names: Sequence[str]) -> Tensor:
         if not self.task_names:
             raise RuntimeError("uw learns one parameter per task: call setup(task_names) first")
         return torch.exp(-self.log_vars[self.task_index(names)]).to(losses.dtype)
 
-    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
+    def objective(self, losses: Tensor, weights: Tensor) -> Tensor:
         # Σ exp(-s) L + s, written with w = exp(-s) so that autograd reaches s through w.
         return (weights * losses - torch.log(weights)).sum()
 
