@@ -615,9 +615,9 @@ def test_generated_garbage_method_hyperparameters(key: str, value: int, workspac
                                                   ) -> None:
     """Method sections take hyperparameters, so an unknown one is caught when the method is
     built: still before any training, naming the section and the key."""
-    from polytask.balance.base import WRAPPERS
+    from polytask.balance import OPTION_NAMES
 
-    assume(key != "name" and key not in WRAPPERS)
+    assume(key != "name" and key not in OPTION_NAMES)
     config = base_config()
     config["balancer"] = {"name": "ew", key: value}
     check_case(Path(tempfile.mkdtemp(dir=workspace)), config, None,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from polytask.balance import BALANCERS
 from polytask.config import RunConfig, apply_overrides, load_config
@@ -172,12 +173,17 @@ def test_duplicate_task_names() -> None:
     assert "Rename" in message
 
 
-def test_task_without_data_and_no_shared_data() -> None:
+def test_task_without_data_and_no_shared_data(tmp_path: Path) -> None:
     data = base()
     del data["data"]
-    message = config_error(data)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
     assert "tasks.0 (sentiment)" in message and "no `data`" in message
     assert "data:" in message  # says where to add it
+    load_config(data)  # in Python the rows may come later: Trainer(config, data=...)
 
 
 def test_no_tasks_and_no_suite() -> None:

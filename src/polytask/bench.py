@@ -7,7 +7,6 @@
     >>> outcome.leaderboard["methods"][0]["delta_m"]["mean"]
 
 Layout of the output folder::
-
     OUT/cells/<architecture>/<balancer>/seed<k>/   one ordinary run dir per cell
     OUT/leaderboard.json  OUT/leaderboard.md        the aggregate (see evaluate.leaderboard)
     OUT/report.html  OUT/*.png                      the bench report
@@ -23,6 +22,7 @@ config says `baselines: none`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +32,20 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from polytask.balance import BALANCERS
 from polytask.config import MethodConfig, RunConfig, load_config
 from polytask.errors import ConfigError
+from polytask.evaluate.leaderboard import build_leaderboard, leaderboard_markdown
+from polytask.evaluate.report import write_bench_report
+from polytask.files import atomic_write_text, load_yaml, read_yaml
+from polytask.models.sharing import ARCHITECTURES
+from polytask.pipeline import resolve
+from polytask.suites import SUITES, load_suite
+from polytask.tasks.sampling import SAMPLERS
+from polytask.train.baselines import baseline_dir, cached_baselines, train_baselines
+from polytask.train.checkpoint import list_checkpoints
+from polytask.train.results import write_json
+from polytask.train.trainer import Trainer
 
 __all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_BALANCERS", "BenchOutcome", "Cell",
            "bench_config", "plan", "run_bench"]
@@ -52,8 +64,6 @@ SUITE_BENCH_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _suite_dict(name: str) -> dict[str, Any]:
-    from polytask.suites import SUITES, load_suite
-
     if name not in SUITES:
         raise ConfigError(f"bench: {name!r} is neither a config file nor a built-in suite; "
                           f"{SUITES.unknown_message(name)}")
@@ -75,7 +85,7 @@ def bench_config(source: str | Path, steps: int | None = None,
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         if not path.exists():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     else:
@@ -135,10 +145,6 @@ def plan(base: RunConfig, balancers: str | Sequence[str], architectures: str | S
 
     `seeds` is a count (seeds base.train.seed, +1, ...) or explicit seeds. A balancer or
     architecture named in the base config keeps the hyperparameters given there."""
-    from polytask.balance import BALANCERS
-    from polytask.models.sharing import ARCHITECTURES
-    from polytask.tasks.sampling import SAMPLERS
-
     balancer_names = _split_names(balancers)
     architecture_names = _split_names(architectures)
     if not balancer_names or not architecture_names:
@@ -191,8 +197,8 @@ def _check_same_settings(cell: Cell, run_dir: Path) -> None:
     path = run_dir / "config.yaml"
     if not path.exists():
         return
-    recorded = _flat(yaml.safe_load(path.read_text()) or {})
-    wanted = _flat(yaml.safe_load(yaml.safe_dump(cell.config.dump(), sort_keys=False)))
+    recorded = _flat(read_yaml(path) or {})
+    wanted = _flat(load_yaml(yaml.safe_dump(cell.config.dump(), sort_keys=False)))
     changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:4])
@@ -215,11 +221,6 @@ def _split_note(runs: Sequence[Mapping[str, Any]], split_seed: int) -> str:
 
 def _baselines_wall_time(base: RunConfig, seeds: Sequence[int]) -> float | None:
     """Total wall time of the single-task baselines the bench compares against."""
-    import json
-
-    from polytask.pipeline import resolve
-    from polytask.train.baselines import baseline_dir
-
     if base.baselines == "none":
         return None
     total = 0.0
@@ -238,14 +239,6 @@ def run_bench(base: RunConfig, balancers: str | Sequence[str] = DEFAULT_BALANCER
               console: Console | None = None, source: str | None = None,
               command: str | None = None, report: bool = True) -> BenchOutcome:
     """Run (or finish) the grid and write leaderboard.json, leaderboard.md and the report."""
-    import json
-
-    from polytask.evaluate.leaderboard import build_leaderboard, leaderboard_markdown
-    from polytask.train.baselines import cached_baselines, train_baselines
-    from polytask.train.checkpoint import list_checkpoints
-    from polytask.train.results import write_json
-    from polytask.train.trainer import Trainer
-
     console = console or Console(stderr=True)
     started = time.perf_counter()
     out = Path(out)
@@ -316,13 +309,11 @@ def run_bench(base: RunConfig, balancers: str | Sequence[str] = DEFAULT_BALANCER
              f"lr {base.train.lr}" + (f", suite options {suite}" if suite else "") + ".",
              _split_note(runs, base.train.split_seed)]
     title = f"Leaderboard · {board['bench']['source']}"
-    (out / "leaderboard.md").write_text(
-        leaderboard_markdown(board, title, [n for n in notes if n]))
+    atomic_write_text(out / "leaderboard.md",
+                      leaderboard_markdown(board, title, [n for n in notes if n]))
     outcome.files = {"leaderboard.json": out / "leaderboard.json",
                      "leaderboard.md": out / "leaderboard.md"}
     if report:
-        from polytask.evaluate.report import write_bench_report
-
         outcome.files["report.html"] = write_bench_report(out)
     outcome.leaderboard = board
     return outcome

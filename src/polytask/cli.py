@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,7 +18,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from polytask import __version__
+from polytask.bench import bench_config, run_bench
+from polytask.config import load_config
 from polytask.errors import DataError, PolytaskError
+from polytask.evaluate.leaderboard import leaderboard_rows
+from polytask.evaluate.report import write_report
+from polytask.evaluate.table import print_results
+from polytask.inference import evaluate_run, load
+from polytask.methods import all_methods, method_record
+from polytask.process import is_main_process
+from polytask.train.baselines import train_baselines
+from polytask.train.trainer import Trainer
 
 app = typer.Typer(
     help="polytask: train one model on many tasks, measure it against single-task baselines.\n\n"
@@ -52,8 +65,6 @@ def _third_party_output(verbose: bool) -> None:
 
 def _print_version(requested: bool) -> None:
     if requested:
-        from polytask import __version__
-
         out.print(f"polytask {__version__}", highlight=False)
         raise typer.Exit()
 
@@ -69,6 +80,15 @@ def _global_options(
 ) -> None:
     del version  # handled by its callback before any command runs
     _third_party_output(verbose)
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """A warning as one line on stderr (`warning: ...`), without the source line Python
+    prints by default."""
+    del category, filename, lineno, file, line
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
 
 
 def _fail(error: Exception) -> NoReturn:
@@ -123,17 +143,13 @@ def train(
 
     Prints a table of multi-task vs single-task test results and Δm% (positive = better).
     """
-    from polytask.config import load_config
-    from polytask.evaluate.table import print_results
-    from polytask.train.trainer import Trainer
-
     cfg = load_config(config, set_ or [])
     target = run_dir or Path("runs") / (cfg.name or config.stem)
     # refuses a finished, foreign or busy run dir, or a changed config on --resume, before
     # fit() trains (baselines: auto) or reads (cached) the single-task baselines
     trainer = Trainer(cfg, target, resume=resume, console=err, config_path=config)
     results = trainer.fit()
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, the first process reports
+    if is_main_process():  # under torchrun, the first process reports
         print_results(results, out)
         out.print(f"run written to {target}")
 
@@ -141,9 +157,6 @@ def train(
 @_command()
 def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
     """Train each task of CONFIG alone (same settings) and cache it for `train`'s Δm%."""
-    from polytask.config import load_config
-    from polytask.train.baselines import train_baselines
-
     values = train_baselines(load_config(config, set_ or []), err)
     for task, value in values.items():
         out.print(f"{task}: {value:.4f}" if value is not None else f"{task}: –")
@@ -161,8 +174,6 @@ def evaluate_command(
 
     The data is checked against the fingerprints the run recorded in splits.json, and
     carved splits are rebuilt from the recorded rows, so the same rows are scored."""
-    from polytask.inference import evaluate_run
-
     if split not in ("validation", "test"):
         _fail(PolytaskError(f"--split: {split!r} is not a split; use validation or test"))
     metrics = evaluate_run(run_dir, split, allow_data_change=allow_data_change, console=err)
@@ -201,8 +212,6 @@ def predict(
         "index, to match predictions to rows.")] = None,
 ) -> None:
     """Print one JSON line per input row: {"row": index, [ID column,] task: prediction, ...}."""
-    from polytask.inference import load
-
     rows = _read_rows(input)
     if id_column is not None and id_column not in rows.columns:
         raise DataError(f"--id-column: {str(input)!r} has no column {id_column!r}; its columns "
@@ -218,8 +227,6 @@ def predict(
 @_command()
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every registered sampler, balancer, architecture and task kind with its paper."""
-    from polytask.methods import all_methods, method_record
-
     infos = all_methods()
     if as_json:
         sys.stdout.write(json.dumps([method_record(i) for i in infos], indent=1) + "\n")
@@ -253,11 +260,6 @@ def bench(
     Finished cells are skipped and interrupted ones resume, so re-running continues the
     bench. Single-task baselines are reused from the cache (trained first when missing).
     """
-    import shlex
-
-    from polytask.bench import bench_config, run_bench
-    from polytask.evaluate.leaderboard import leaderboard_rows
-
     base = bench_config(suite_or_config, steps, set_ or [])
     stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
         else suite_or_config
@@ -291,8 +293,6 @@ def report(
                                                      "or a bench directory (polytask bench).")],
 ) -> None:
     """Write a self-contained report.html (figures embedded) and its PNGs into the directory."""
-    from polytask.evaluate.report import write_report
-
     path = write_report(run_or_bench_dir)
     out.print(f"wrote {path}")
 

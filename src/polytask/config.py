@@ -10,7 +10,6 @@ method's constructor (`polytask.method_options`).
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +26,7 @@ from pydantic import (
 
 from polytask.balance import BALANCERS
 from polytask.errors import ConfigError
-from polytask.files import plain_name
+from polytask.files import load_yaml, plain_name
 from polytask.method_options import check_method_options
 from polytask.models.sharing import ARCHITECTURES
 from polytask.models.spec import BackboneSpec
@@ -35,39 +34,6 @@ from polytask.registry import Registry
 from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.sampling import SAMPLERS
 from polytask.tasks.spec import DataSpec, Task, coerce_data
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML (YAML 1.1) reads `1e-3` as a string; read it as a float, as YAML 1.2 does,
-    so method hyperparameters (which pydantic does not coerce) get numbers."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def _unique_keys(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    """A mapping whose keys are unique: PyYAML would silently keep the last of two."""
-    loader.flatten_mapping(node)
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: construct_mapping reports it
-            continue
-        if first is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {first + 1}); keep one",
-                key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=True)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
 class MethodConfig(BaseModel):
@@ -263,11 +229,6 @@ class RunConfig(BaseModel):
             )
         for i, task in enumerate(self.tasks):
             _known(TASK_KINDS, task.kind, f"tasks.{i}.kind")
-            if task.data is None and self.data is None:
-                raise ValueError(
-                    f"tasks.{i} ({task.name}) has no `data` and the run has no shared `data`; "
-                    "give the task a `data:` section or add a top-level one."
-                )
         _check_tabular_inputs(self)
         _known(SAMPLERS, self.sampler.name, "sampler.name")
         _known(BALANCERS, self.balancer.name, "balancer.name")
@@ -328,7 +289,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.load(raw, Loader=_Loader)
+            value = load_yaml(raw)
         except yaml.YAMLError as error:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {error}") from None
         node: Any = data
@@ -469,7 +430,7 @@ def load_config(
         path = Path(source)
         base = base or path.absolute().parent
         try:
-            data = yaml.load(_config_text(path), Loader=_Loader) or {}
+            data = load_yaml(_config_text(path)) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
@@ -479,4 +440,16 @@ def load_config(
         config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_errors(error)) from None
+    if not isinstance(source, Mapping):
+        _check_every_task_has_data(config, Path(source))
     return config if base is None else with_data_paths_under(config, base)
+
+
+def _check_every_task_has_data(config: RunConfig, path: Path) -> None:
+    """A config file must say where every task's rows come from. (A config built in Python
+    may leave that to `Trainer(config, data=...)`; the pipeline checks it there.)"""
+    for i, task in enumerate(config.tasks):
+        if task.data is None and config.data is None:
+            raise ConfigError(
+                f"{path}: tasks.{i} ({task.name}) has no `data` and the run has no shared "
+                "`data`; give the task a `data:` section or add a top-level one.")

@@ -8,6 +8,10 @@ the folder they belong to.
   file size limit is reached (EFBIG) becomes a `StorageError` naming the file, however the
   writing library reported it: an OSError, safetensors' "... (os error 28)", or torch's
   "unexpected pos" (whose OSError, when torch writes to a Python file, is kept as context).
+- `load_yaml(text)` / `read_yaml(path)` are the one way polytask reads YAML (configs, run
+  files, bench files): `1e-3` is a float as in YAML 1.2, and a key given twice is an error.
+- `cache_dir(*parts)` is the one folder polytask caches derived data in: `$POLYTASK_CACHE`,
+  else ``~/.cache/polytask``.
 - `plain_name` checks a user-given name (task, run) that becomes a file or folder name, and
   `inside(folder, *parts)` joins such names onto a folder, refusing a path that leaves it.
 """
@@ -21,6 +25,9 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from polytask.errors import ConfigError, StorageError
 
@@ -136,3 +143,59 @@ def inside(folder: str | Path, *parts: str) -> Path:
         raise ConfigError(f"{'/'.join(parts)!r} leads outside {str(folder)!r}; a name that "
                           f"becomes a path must be a plain name: {_NAME_RULE}")
     return path
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; read it as a float, as YAML 1.2 does,
+    so method hyperparameters (which pydantic does not coerce) get numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _unique_keys(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are unique: PyYAML would silently keep the last of two."""
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {first + 1}); keep one",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the polytask way (YAML 1.2 floats, duplicate keys refused); raises
+    `yaml.YAMLError` for the caller to name its source."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML file at `path`, parsed as `load_yaml` does; a ConfigError naming the file
+    when it is not valid YAML."""
+    try:
+        return load_yaml(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}; fix the file") from None
+
+
+def cache_dir(*parts: str) -> Path:
+    """polytask's cache folder (`$POLYTASK_CACHE`, else ``~/.cache/polytask``), joined with
+    `parts` (e.g. ``cache_dir("suites")``)."""
+    root = os.environ.get("POLYTASK_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "polytask"
+    return base.joinpath(*parts)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from torch import Tensor
@@ -18,6 +17,7 @@ from torch import Tensor
 from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
 from polytask.evaluate.evaluation import evaluate
+from polytask.files import read_yaml
 from polytask.models.backbones import build_tabular, build_text
 from polytask.models.inputs import TabularInputs, TextInputs, collate
 from polytask.models.model import MultiTaskModel
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", allow_data_change: bo
     run_dir = Path(run_dir)
     console = console or Console(stderr=True)
     weights = load_weights_file(_model_dir(run_dir) / "model.safetensors")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+    raw = read_yaml(run_dir / "config.yaml")
     if "<in-memory>" in json.dumps(raw):
         raise ConfigError(f"{run_dir} was trained on in-memory data that config.yaml cannot "
                           "hold; evaluate it from Python with polytask.evaluate")
@@ -158,7 +158,7 @@ class LoadedRun:
             for start in range(0, len(frame), batch_size):
                 rows = torch.arange(start, min(start + batch_size, len(frame)))
                 batch = collate(encoded, rows)
-                outputs = self.model({task: batch})[task]
+                outputs = self.model({task: batch}).outputs[task]
                 if words:  # keep each word's first piece
                     first = batch["word_index"] >= 0
                     out += [_decode(kind, row[keep].unsqueeze(0), proba)[0]

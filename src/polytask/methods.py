@@ -11,6 +11,7 @@ from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import MethodInfo
 from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.sampling import SAMPLERS
+from polytask.train import loggers  # noqa: F401  (registers the built-in callbacks)
 from polytask.train.callbacks import CALLBACKS
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -21,6 +22,7 @@ from polytask.models.inputs import TabularInputs, TextInputs, content_hash
 from polytask.models.model import MultiTaskModel
 from polytask.models.sharing import ARCHITECTURES
 from polytask.models.spec import BackboneSpec
+from polytask.suites import load_suite
 from polytask.tasks.data import (
     SHARED,
     PreparedData,
@@ -49,8 +51,6 @@ def resolve(config: RunConfig) -> Resolved:
     """Expand `suite:` into tasks/data/backbone; explicit config sections win."""
     tasks, shared, backbone = list(config.tasks), config.data, config.model.backbone
     if config.suite is not None:
-        from polytask.suites import load_suite
-
         suite = load_suite(config.suite.name, **config.suite.options)
         tasks = tasks or list(suite.tasks)
         shared = shared if shared is not None else suite.data
@@ -74,7 +74,10 @@ def source_data(resolved: Resolved) -> tuple[dict[str, Any], dict[str, str]]:
     for task in resolved.tasks:
         if task.data is None:
             if resolved.shared_data is None:
-                raise DataError(f"tasks.{task.name}: no `data` and no shared `data`")
+                raise ConfigError(
+                    f"tasks.{task.name}: the task has no `data` and the run has no shared "
+                    "`data`; give the task a `data:` section, add a top-level one, or pass "
+                    "the rows in Python: Trainer(config, data={task name: DataFrame})")
             data[SHARED] = resolved.shared_data
             task_source[task.name] = SHARED
         else:
@@ -155,7 +158,6 @@ def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
                           f"columns for every task; got {sorted(column_sets)}. List the same "
                           "columns, in the same order, for every task, or train them in "
                           "separate runs.")
-    import pandas as pd
 
     columns = list(next(iter(column_sets)))
     train = pd.concat([s.frames["train"][columns] for s in sources.values()], ignore_index=True)
@@ -169,11 +171,14 @@ def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
 
 def prepare(config: RunConfig,
             carved_rows: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
+            backbone: nn.Module | None = None,
             ) -> tuple[PreparedData, MultiTaskModel, TextInputs | TabularInputs, BackboneSpec]:
     """Load, check and encode all data, then build the model (seeded by the run's seed).
 
     `carved_rows` (source -> split -> original train rows, as a run's splits.json records
-    them) replays a run's carving of missing splits instead of drawing it."""
+    them) replays a run's carving of missing splits instead of drawing it. `backbone`: a
+    module of the user's in place of the configured one; it is fed what the configured
+    backbone type encodes (never pre-computed embeddings)."""
     torch.manual_seed(config.train.seed)
     resolved = resolve(config)
     sources, task_source = _load_sources(config, resolved, carved_rows)
@@ -187,7 +192,8 @@ def prepare(config: RunConfig,
                     f"tasks.{task.name}: kind {task.kind!r} tags words, so it needs a text "
                     "backbone (model.backbone.type: hf), not an MLP over table columns"
                 )
-    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of)
+    built, encoder = build_encoder(resolved.backbone, sources, inputs_of)
+    backbone = built if backbone is None else backbone
     splits: dict[str, dict[str, SplitData]] = {}
     for name, source in sources.items():
         readers = [t for t in resolved.tasks if task_source[t.name] == name]
@@ -221,13 +227,22 @@ def prepare(config: RunConfig,
     return data, model, encoder, resolved.backbone
 
 
+def feature_width(backbone: nn.Module) -> int:
+    """The width of the backbone's features: its `output_dim`, or `feature_dim`."""
+    width = getattr(backbone, "output_dim", None) or getattr(backbone, "feature_dim", None)
+    if width is None:
+        raise ConfigError(f"model: the backbone {type(backbone).__name__} has no `output_dim` "
+                          "(or `feature_dim`) attribute; set it to the width of its features")
+    return int(width)
+
+
 def build_model(settings: ModelConfig, tasks: list[Task], kinds: dict[str, TaskKind],
                 backbone: nn.Module) -> MultiTaskModel:
     """Backbone -> the configured sharing architecture -> one head per task."""
     names = [t.name for t in tasks]
     architecture_cls = ARCHITECTURES.get(settings.architecture.name)
     try:
-        architecture = architecture_cls(int(backbone.output_dim), names,
+        architecture = architecture_cls(feature_width(backbone), names,
                                         **settings.architecture.options)
     except TypeError as error:
         raise ConfigError(f"model.architecture: {error}") from None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from polytask.evaluate.metrics import (
+from polytask.tasks.metrics import (
     HIGHER_IS_BETTER,
     classification_metrics,
     extract_entities,

@@ -40,7 +40,9 @@ def test_any_module_backbone_trains_with_a_balancer_in_a_plain_loop() -> None:
         optimizer.step()
     end = {t: v.item() for t, v in losses().items()}
     assert all(end[t] < 0.3 * start[t] for t in start)
-    assert model.representation is not None  # every head read the same features
+    output = model({"a": x, "b": x})
+    assert output.features is not None  # every head read the same features
+    assert output.auxiliary_loss is None  # hard sharing adds no extra loss
 
 
 def test_backbone_width_is_required() -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from polytask.files import cache_dir
 from polytask.suites._base import (
     Splits,
     _cache_path,
-    cache_dir,
     cached_tables,
     clear_memory_cache,
     source_fingerprint,
@@ -74,7 +74,8 @@ def test_tables_round_trip_through_parquet_with_their_dtypes(source: Path) -> No
         pd.testing.assert_frame_equal(again, frame)
         assert again["tags"].map(type).eq(list).all()  # label lists stay lists
         assert isinstance(again.index, pd.RangeIndex)
-    files = sorted(p.relative_to(cache_dir()) for p in cache_dir().rglob("*") if p.is_file())
+    suites = cache_dir("suites")
+    files = sorted(p.relative_to(suites) for p in suites.rglob("*") if p.is_file())
     assert all(p.suffix == ".parquet" for p in files) and len(files) == 3
 
 
@@ -97,7 +98,7 @@ def test_pickle_files_in_the_cache_are_never_loaded(source: Path, tmp_path: Path
 
 def test_unreadable_parquet_file_is_rebuilt(source: Path) -> None:
     load(source)
-    (train,) = cache_dir().glob("demo-*/demo/train.parquet")
+    (train,) = cache_dir("suites").glob("demo-*/demo/train.parquet")
     train.write_bytes(b"not parquet")
     clear_memory_cache()
     with pytest.warns(UserWarning, match="ignoring unreadable suite cache"):

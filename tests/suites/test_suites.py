@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from polytask.errors import DataError
+from polytask.files import cache_dir
 from polytask.registry import UnknownMethodError
 from polytask.suites import (
     SUITES,
     Suite,
     _base,
-    cache_dir,
     census,
     clear_memory_cache,
     load_suite,
@@ -63,7 +63,7 @@ def test_unknown_suite_names_valid_ones() -> None:
 
 
 def test_cache_dir_follows_env(fresh_cache: Path) -> None:
-    assert cache_dir() == fresh_cache
+    assert cache_dir("suites") == fresh_cache
 
 
 def test_missing_package_names_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:

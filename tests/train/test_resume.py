@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from polytask import Trainer, load_config
 from polytask.errors import ConfigError, TrainingError
 from polytask.train import checkpoint
+from polytask.train.callbacks import StepResult
 from tests.conftest import tabular_config
 
 
@@ -47,7 +48,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, tabular_file: Pat
 
     original = Trainer._train_step
 
-    def crashing(self: Trainer) -> dict[str, float]:
+    def crashing(self: Trainer) -> StepResult:
         if self.step == crash_at:
             raise KeyboardInterrupt("simulated crash")
         return original(self)
@@ -105,10 +106,10 @@ def _poison(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
     original = Trainer._forward
 
     def forward(self: Trainer, batch):
-        losses = original(self, batch)
+        losses, output = original(self, batch)
         if self.step == at_step:
             losses["size"] = losses["size"] * float("nan")
-        return losses
+        return losses, output
 
     monkeypatch.setattr(Trainer, "_forward", forward)
 

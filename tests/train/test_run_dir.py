@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from polytask import Trainer, load_config
 from polytask.cli import app
 from polytask.errors import ConfigError
+from polytask.process import is_main_process
 from polytask.train import run_dir
 from polytask.train.baselines import baseline_dir, train_baselines
 from tests.conftest import tabular_config
@@ -155,9 +156,9 @@ def test_only_the_first_process_under_torchrun_takes_the_lock(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert not run_dir.is_main_process()
+    assert not is_main_process()
     monkeypatch.setenv("RANK", "0")
-    assert run_dir.is_main_process()
+    assert is_main_process()
     with run_dir.RunLock(tmp_path / "run", enabled=False):
         assert not (tmp_path / "run").exists()
 

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from polytask.evaluate.delta import relative_change
 from polytask.models.model import MultiTaskModel
+from polytask.process import World
 from polytask.tasks.data import PreparedData, eval_batches
 from polytask.tasks.kinds import IGNORE
-from polytask.train.distributed import World
 
 
 def _concat(parts: list[Tensor], fill: float) -> Tensor:
@@ -38,7 +38,7 @@ def predict_split(model: MultiTaskModel, data: PreparedData, split: str, batch_s
         rows = data.splits[source][split]
         for inputs, labels in eval_batches(rows, readers, batch_size, world.shard(rows.size)):
             on_device = {k: v.to(device) for k, v in inputs.items()}
-            outputs = model({t: on_device for t in readers})
+            outputs = model({t: on_device for t in readers}).outputs
             for task in readers:
                 prediction = data.kinds[task].predict(outputs[task]).cpu()
                 collected[task][0].append(prediction)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,16 +21,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from polytask.errors import ConfigError, DataError
+from polytask.files import cache_dir, writing
 
 Encoded = dict[str, Tensor]
 #: Per-token tensors (padded to max_length), trimmed to the longest sequence of a batch.
 SEQUENCE_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "word_index"})
-
-
-def cache_dir() -> Path:
-    """Where polytask caches derived data: `$POLYTASK_CACHE` or ~/.cache/polytask."""
-    root = os.environ.get("POLYTASK_CACHE") or Path.home() / ".cache" / "polytask"
-    return Path(root)
 
 
 def content_hash(*parts: Any) -> str:
@@ -51,10 +44,8 @@ def cached_tensors(kind: str, key: str, compute: Any) -> Encoded:
         except Exception:  # a corrupt cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     tensors: Encoded = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
+    with writing(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     return tensors
 
 

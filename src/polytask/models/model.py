@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -12,17 +13,41 @@ from polytask.models.sharing import SharingArchitecture
 from polytask.models.sharing.hard_sharing import HardSharing
 
 
+@dataclass(eq=False)
+class ModelOutput(Mapping[str, Tensor]):
+    """What one forward of a `MultiTaskModel` returns.
+
+    `outputs`: each requested task's head output. `features`: the one tensor every task's
+    head read, when there is one (hard sharing over a shared batch), for balancers that work
+    on features; else None. `auxiliary_loss`: the sharing architecture's extra loss (e.g.
+    mixture-of-experts load balancing), summed over the backbone passes; None when it has
+    none. The object is also a read-only mapping task -> output (`out["a"]`, `for t in out`).
+    """
+
+    outputs: dict[str, Tensor]
+    features: Tensor | None = None
+    auxiliary_loss: Tensor | None = None
+
+    def __getitem__(self, task: str) -> Tensor:
+        return self.outputs[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+
 class MultiTaskModel(nn.Module):
     """A shared backbone, a sharing architecture and per-task heads.
 
-    `forward({task: inputs})` returns `{task: head output}`. Tasks whose inputs are the
-    same object (one dataset labelled for several tasks) share one backbone pass.
+    `forward({task: inputs})` returns a `ModelOutput` (per-task head outputs, the shared
+    features, the auxiliary loss). Tasks whose inputs are the same object (one dataset
+    labelled for several tasks) share one backbone pass.
     The backbone is any `nn.Module`: polytask's own take `(inputs, level)`; a module whose
     `forward` has no `level` parameter is called with the inputs alone. Its feature width is
-    its `output_dim` attribute, or `feature_dim`.
+    the `feature_dim` argument, else the backbone's `output_dim` or `feature_dim` attribute.
     `levels` says which tasks read token features (`"token"`) instead of sentence features.
-    After a forward, `representation` is the one tensor every task's head read, when there
-    is one (hard sharing over a shared batch), for balancers that work on features.
     """
 
     def __init__(
@@ -36,31 +61,33 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.task_names = list(heads)
-        width = feature_dim or getattr(backbone, "output_dim", None)
+        width = (feature_dim or getattr(backbone, "output_dim", None)
+                 or getattr(backbone, "feature_dim", None))
         if architecture is None and width is None:
             raise ValueError("MultiTaskModel: give `feature_dim` (the backbone's output width) "
-                             "or a backbone with an `output_dim` attribute")
+                             "or a backbone with an `output_dim` (or `feature_dim`) attribute")
         self.architecture = architecture or HardSharing(int(width), self.task_names)
         self._passes_level = "level" in inspect.signature(backbone.forward).parameters
         self.heads = nn.ModuleDict(heads)
         self.levels = {t: (levels or {}).get(t, "sequence") for t in self.task_names}
-        self.representation: Tensor | None = None
 
-    def forward(self, inputs_by_task: Mapping[str, Encoded | Tensor]) -> dict[str, Tensor]:
+    def forward(self, inputs_by_task: Mapping[str, Encoded | Tensor]) -> ModelOutput:
         groups: dict[tuple[int, str], list[str]] = {}
         for task, inputs in inputs_by_task.items():
             groups.setdefault((id(inputs), self.levels[task]), []).append(task)
-        outputs: dict[str, Tensor] = {}
         representations: dict[str, Tensor] = {}
+        auxiliary: Tensor | None = None
         for (_, level), tasks in groups.items():
             inputs = inputs_by_task[tasks[0]]
             features = self.backbone(inputs, level) if self._passes_level else self.backbone(inputs)
             representations.update(self.architecture(features, tasks))
-        for task in inputs_by_task:
-            outputs[task] = self.heads[task](representations[task])
+            extra = self.architecture.auxiliary_loss()
+            if extra is not None:
+                auxiliary = extra if auxiliary is None else auxiliary + extra
+        outputs = {task: self.heads[task](representations[task]) for task in inputs_by_task}
         unique = {id(r) for r in representations.values()}
-        self.representation = next(iter(representations.values())) if len(unique) == 1 else None
-        return outputs
+        shared = next(iter(representations.values())) if len(unique) == 1 else None
+        return ModelOutput(outputs, shared, auxiliary)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters used by more than one task (backbone + shared architecture)."""
@@ -74,6 +101,3 @@ class MultiTaskModel(nn.Module):
 
     def all_task_parameters(self, tasks: Sequence[str] | None = None) -> list[nn.Parameter]:
         return [p for t in (tasks or self.task_names) for p in self.task_parameters(t)]
-
-    def auxiliary_loss(self) -> Tensor | None:
-        return self.architecture.auxiliary_loss()

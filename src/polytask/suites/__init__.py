@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from polytask.registry import import_submodules
-from polytask.suites._base import SUITES, Suite, cache_dir, clear_memory_cache
+from polytask.suites._base import SUITES, Suite, clear_memory_cache
 
-__all__ = ["SUITES", "Suite", "cache_dir", "clear_memory_cache", "load_suite"]
+__all__ = ["SUITES", "Suite", "clear_memory_cache", "load_suite"]
 
 
 def load_suite(name: str, **options: Any) -> Suite:

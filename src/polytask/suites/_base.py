@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polytask.errors import DataError
+from polytask.files import cache_dir
 from polytask.models.spec import BackboneSpec
 from polytask.registry import Registry
 from polytask.tasks.spec import SPLITS, Task
@@ -188,19 +189,12 @@ def carve_splits(
 # --------------------------------------------------------------------------- caching
 
 
-def cache_dir() -> Path:
-    """Disk cache folder: ``$POLYTASK_CACHE/suites`` if set, else ``~/.cache/polytask/suites``."""
-    root = os.environ.get("POLYTASK_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "polytask"
-    return base / "suites"
-
-
 def _cache_path(suite: str, key: dict[str, Any]) -> Path:
     """The cache folder of one set of tables: ``<suite>-<digest>/<dataset>/<split>.parquet``."""
     stamp = {"key": key, "version": CACHE_VERSION, "pandas": pd.__version__}
     blob = json.dumps(stamp, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return cache_dir() / f"{suite}-{digest}"
+    return cache_dir("suites", f"{suite}-{digest}")
 
 
 def _read_table(file: Path) -> pd.DataFrame:

@@ -9,6 +9,7 @@ carved rows are recorded), checked against the tasks that read it, and encoded o
 from __future__ import annotations
 
 import csv
+import difflib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -357,8 +358,6 @@ def load_source(name: str, data: Any, seed: int, validation_fraction: float,
 
 def check_columns(task: Task, source: Source) -> None:
     """Every input and label column of `task` exists in every split of its source."""
-    import difflib
-
     for split, frame in source.frames.items():
         for role, columns in (("input", task.input_columns), ("label", task.label_columns)):
             for column in columns:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polytask.errors import DataError
-from polytask.evaluate import metrics as M
 from polytask.registry import Registry
+from polytask.tasks import metrics as M
 from polytask.tasks.spec import Task
 
 TASK_KINDS: Registry[type[TaskKind]] = Registry("task kind")

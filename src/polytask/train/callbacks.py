@@ -1,17 +1,36 @@
 """What a run shows and records while it trains: metrics.jsonl, progress (a bar on a
-terminal, plain lines in a log file), and pluggable callbacks (loggers such as TensorBoard
-or MLflow, the end-of-run report).
+terminal, plain lines in a log file), and callbacks.
 
-A callback is registered in `CALLBACKS` and named in the config (`train.callbacks`); the
-trainer calls `on_start` once, `on_log` with every record it writes to metrics.jsonl, and
-`on_end` with the results once the run is finished."""
+A callback is an object with any of the `Callback` events; pass objects to
+`Trainer(..., callbacks=[...])`, or register a class in `CALLBACKS` and name it in the
+config (`train.callbacks`). The trainer calls, in order:
+
+    on_train_begin                          once, after setup (and after a resume)
+    per optimizer step:
+      on_step_begin
+      on_step_end(step)                     `StepResult`: model, last batch, losses,
+                                            the balancer's result
+      on_log(record)                        a record appended to metrics.jsonl
+      on_evaluate(metrics)                  after a validation pass (then on_log again)
+      on_save(checkpoint)                   after a checkpoint is written
+    on_log(test record), on_train_end(results)   once the run has finished
+
+Every event receives the `TrainerState` (step, epoch per task, latest metrics, best so
+far) and the `TrainerControl`, whose flags a callback sets to stop the run cleanly
+(checkpoint and results.json are still written), to evaluate now or to save a checkpoint
+now. Under torchrun, objects passed to the Trainer run on every process and the
+registered ones only on the main one; the flags are agreed across processes after each
+step (one process asking is enough).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,23 +45,139 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from torch import Tensor
 
+from polytask.balance import BalanceResult
+from polytask.models.inputs import Encoded
+from polytask.models.model import ModelOutput, MultiTaskModel
+from polytask.models.sharing import SharingArchitecture
 from polytask.registry import Registry
 
 
+def scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl record as `{stable name: value}` (finite numbers only).
+
+    Train keys keep their names (`loss/<task>`, `weight/<task>`, `lr`, ...); evaluation keys
+    get the split as a prefix (`validation/<task>/<metric>`, `test/<task>/<metric>`).
+    """
+    split = record.get("split", "train")
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in ("step", "split") or isinstance(value, bool) or not isinstance(
+                value, int | float) or not math.isfinite(value):
+            continue
+        out[key if split == "train" else f"{split}/{key}"] = float(value)
+    return out
+
+
+@dataclass
+class TrainerState:
+    """Where the run stands, as every callback event sees it (read it; do not change it).
+
+    `step`: optimizer steps done. `max_steps`: `train.max_steps`. `metrics`: the latest
+    value of every logged name (`loss/<task>`, `validation/<task>/<metric>`, ...; see
+    `scalars`). `best`: the best validation so far (`score`, `step`, `validation` metrics).
+    `run_dir`, `config`: the run folder and the config as plain data. `epoch`: per task,
+    the passes made over its training rows (e.g. 2.5).
+    """
+
+    max_steps: int
+    run_dir: Path
+    config: Mapping[str, Any]
+    best: Mapping[str, Any]
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    epochs: Callable[[], dict[str, float]] = field(default=dict, repr=False)
+
+    @property
+    def epoch(self) -> dict[str, float]:
+        """Per task, the passes made over its training rows (computed when asked)."""
+        return self.epochs()
+
+
+@dataclass
+class TrainerControl:
+    """Flags a callback sets to steer the run; the trainer clears each once acted on.
+
+    `should_stop`: checkpoint, evaluate on test, write results.json and return, after this
+    step. `should_evaluate`: run a validation pass after this step. `should_save`: write a
+    checkpoint after this step."""
+
+    should_stop: bool = False
+    should_evaluate: bool = False
+    should_save: bool = False
+
+
+@dataclass
+class StepResult:
+    """What `on_step_end` sees of the step just taken (its last micro-batch under
+    `train.grad_accum`): the model after the optimizer step, the batch `{task: (inputs,
+    labels)}` (inputs on the CPU), the model's output and per-task losses before the step
+    (their graph already spent by the backward: read their values), and the balancer's
+    `BalanceResult` (the task weights applied and, on logging steps, the Gramian of the task
+    gradients for methods that see them). `logged`: what the step logs (empty except on
+    logging steps). A batch skipped for a non-finite loss has empty `losses`, no `output`
+    and (with no other micro-batch) no `balancer_result`."""
+
+    model: MultiTaskModel
+    batch: Mapping[str, tuple[Encoded, Tensor]]
+    losses: Mapping[str, Tensor]
+    output: ModelOutput | None
+    balancer_result: BalanceResult | None
+    logged: Mapping[str, float]
+
+
 class Callback:
-    """Hooks into a run. Records use stable names: `loss/<task>`, `weight/<task>`, `lr`,
-    `cosine/<task>/<task>` (train), `<task>/<metric>` (validation and test), with `step`
-    and `split` keys."""
+    """Hooks into a run; override the events you need (each does nothing by default).
 
-    def on_start(self, run_dir: Path, config: Mapping[str, Any]) -> None:
-        """The run starts (or resumes) writing into `run_dir`."""
+    Records use stable names: `loss/<task>`, `weight/<task>`, `lr`, `cosine/<task>/<task>`
+    (train), `<task>/<metric>` (validation and test), with `step` and `split` keys."""
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
-        """A record was appended to metrics.jsonl."""
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        """The run starts (or resumes) writing into `state.run_dir`."""
 
-    def on_end(self, run_dir: Path, results: Mapping[str, Any]) -> None:
-        """The run finished and wrote `results`."""
+    def on_step_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        """Optimizer step `state.step + 1` is about to run."""
+
+    def on_step_end(self, state: TrainerState, control: TrainerControl,
+                    step: StepResult) -> None:
+        """Optimizer step `state.step` was taken."""
+
+    def on_log(self, state: TrainerState, control: TrainerControl,
+               record: Mapping[str, Any]) -> None:
+        """`record` was appended to metrics.jsonl."""
+
+    def on_evaluate(self, state: TrainerState, control: TrainerControl,
+                    metrics: Mapping[str, Mapping[str, float]]) -> None:
+        """A validation pass ended: `{task: {metric: value}}`; `state.best` is updated."""
+
+    def on_save(self, state: TrainerState, control: TrainerControl, checkpoint: Path) -> None:
+        """Checkpoint `checkpoint` (a folder) of step `state.step` was written."""
+
+    def on_train_end(self, state: TrainerState, control: TrainerControl,
+                     results: Mapping[str, Any]) -> None:
+        """The run finished and wrote `results` (results.json)."""
+
+
+class ArchitectureSchedule(Callback):
+    """Runs the sharing architecture's schedule before each step (e.g. Learning to Branch
+    anneals its temperature, then fixes its tree) and calls `on_split_change` when the
+    shared / task-specific parameter split changed. The trainer adds it, first, for
+    architectures that override `SharingArchitecture.before_step`."""
+
+    def __init__(self, architecture: SharingArchitecture,
+                 on_split_change: Callable[[], None]) -> None:
+        self.architecture = architecture
+        self.on_split_change = on_split_change
+
+    @staticmethod
+    def wanted(architecture: SharingArchitecture) -> bool:
+        """True when `architecture` has a schedule to follow."""
+        return type(architecture).before_step is not SharingArchitecture.before_step
+
+    def on_step_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        if self.architecture.before_step(state.step, state.max_steps):
+            self.on_split_change()
 
 
 CALLBACKS: Registry[type[Callback]] = Registry("callback")
@@ -168,8 +303,3 @@ def loading_status(console: Console, enabled: bool) -> Iterator[None]:
         console.print(message, markup=False, highlight=False)
         console.file.flush()
         yield
-
-
-# The built-in callbacks (report, tensorboard, mlflow) register themselves on import; they
-# import their heavy dependencies only when used.
-from polytask.train import loggers  # noqa: E402, F401

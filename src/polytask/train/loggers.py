@@ -15,43 +15,31 @@ name                      what
 ``test/<task>/<m>``       final test metrics; ``test/delta_m`` (Δm%, positive = better)
 ========================  ==========================================================
 
-Only the main process (``RANK`` unset or 0) writes, so torchrun runs log once.
+Only the main process (`polytask.process.is_main_process`) writes, so torchrun runs log
+once. They act on the `Callback` events `on_train_begin`, `on_log` and `on_train_end`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from polytask.errors import ConfigError
-from polytask.train.callbacks import CALLBACKS, Callback
+from polytask.evaluate.report import write_run_report
+from polytask.process import is_main_process
+from polytask.train.callbacks import (
+    CALLBACKS,
+    Callback,
+    TrainerControl,
+    TrainerState,
+    scalars,
+)
 
 __all__ = ["MLflowCallback", "ReportCallback", "TensorBoardCallback", "scalars"]
-
-
-def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    """A metrics.jsonl record as `{stable name: value}` (finite numbers only).
-
-    Train keys keep their names (`loss/<task>`, `weight/<task>`, `lr`, ...); evaluation keys
-    get the split as a prefix (`validation/<task>/<metric>`, `test/<task>/<metric>`).
-    """
-    split = record.get("split", "train")
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        if key in ("step", "split") or isinstance(value, bool) or not isinstance(
-                value, int | float) or not math.isfinite(value):
-            continue
-        out[key if split == "train" else f"{split}/{key}"] = float(value)
-    return out
 
 
 def _require(module: str, callback: str, install: str) -> None:
@@ -67,18 +55,15 @@ def _require(module: str, callback: str, install: str) -> None:
 class ReportCallback(Callback):
     """Write run_dir/report.html (figures embedded, PNGs beside it) when the run ends."""
 
-    def on_end(self, run_dir: Path, results: Mapping[str, Any]) -> None:
-        if not _main_process():
+    def on_train_end(self, state: TrainerState, control: TrainerControl,
+                     results: Mapping[str, Any]) -> None:
+        if not is_main_process():
             return
-        from rich.console import Console
-
-        from polytask.evaluate.report import write_run_report
-
         try:
-            write_run_report(run_dir)
+            write_run_report(state.run_dir)
         except Exception as error:  # the run itself succeeded: never fail it over a figure
-            Console(stderr=True).print(f"[yellow]report: could not write {run_dir}/report.html"
-                                       f": {type(error).__name__}: {error}")
+            Console(stderr=True).print(f"[yellow]report: could not write {state.run_dir}/"
+                                       f"report.html: {type(error).__name__}: {error}")
 
 
 @CALLBACKS.register("tensorboard", paper="TensorBoard (Abadi et al. 2016, TensorFlow: "
@@ -91,21 +76,23 @@ class TensorBoardCallback(Callback):
         _require("tensorboard", "tensorboard", "tensorboard")
         self.writer: Any = None
 
-    def on_start(self, run_dir: Path, config: Mapping[str, Any]) -> None:
-        if not _main_process():
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        if not is_main_process():
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(state.run_dir / "tensorboard"))
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
+    def on_log(self, state: TrainerState, control: TrainerControl,
+               record: Mapping[str, Any]) -> None:
         if self.writer is None:
             return
         step = int(record.get("step", 0))
         for name, value in scalars(record).items():
             self.writer.add_scalar(name, value, step)
 
-    def on_end(self, run_dir: Path, results: Mapping[str, Any]) -> None:
+    def on_train_end(self, state: TrainerState, control: TrainerControl,
+                     results: Mapping[str, Any]) -> None:
         if self.writer is None:
             return
         if results.get("delta_m") is not None:
@@ -138,15 +125,16 @@ class MLflowCallback(Callback):
         self.mlflow: Any = None
         self.own_run = False
 
-    def on_start(self, run_dir: Path, config: Mapping[str, Any]) -> None:
-        if not _main_process():
+    def on_train_begin(self, state: TrainerState, control: TrainerControl) -> None:
+        if not is_main_process():
             return
         import mlflow
 
         self.mlflow = mlflow
         if mlflow.active_run() is None:
-            mlflow.start_run(run_name=Path(run_dir).name)
+            mlflow.start_run(run_name=state.run_dir.name)
             self.own_run = True
+        config = state.config
         params = _flatten({k: v for k, v in config.items() if k not in ("data", "tasks")})
         params.update({f"tasks.{i}.name": str(t.get("name"))
                        for i, t in enumerate(config.get("tasks") or []) if isinstance(t, dict)})
@@ -154,21 +142,23 @@ class MLflowCallback(Callback):
         with contextlib.suppress(Exception):
             mlflow.log_params(params)
 
-    def on_log(self, record: Mapping[str, Any]) -> None:
+    def on_log(self, state: TrainerState, control: TrainerControl,
+               record: Mapping[str, Any]) -> None:
         if self.mlflow is None:
             return
         values = scalars(record)
         if values:
             self.mlflow.log_metrics(values, step=int(record.get("step", 0)))
 
-    def on_end(self, run_dir: Path, results: Mapping[str, Any]) -> None:
+    def on_train_end(self, state: TrainerState, control: TrainerControl,
+                     results: Mapping[str, Any]) -> None:
         if self.mlflow is None:
             return
         if results.get("delta_m") is not None:
             self.mlflow.log_metric("test/delta_m", float(results["delta_m"]),
                                    step=int(results.get("steps", 0)))
         for name in ("results.json", "report.html"):
-            path = Path(run_dir) / name
+            path = state.run_dir / name
             if path.exists():
                 self.mlflow.log_artifact(str(path))
         if self.own_run:

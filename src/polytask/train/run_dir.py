@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from polytask.errors import ConfigError
+from polytask.files import atomic_write_text, load_yaml, read_yaml
 
 #: The file that marks a folder as a polytask run; also the lock file.
 MARKER = ".polytask-run"
@@ -56,11 +57,6 @@ _UNSET = _Unset()
 
 class RunDirInUse(ConfigError):
     """Another process is writing the run folder."""
-
-
-def is_main_process() -> bool:
-    """False on every process but the first under torchrun (as `init_world` decides)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
 
 
 def is_run(directory: Path) -> bool:
@@ -101,12 +97,12 @@ def check_target(directory: Path, config_path: Path | None = None) -> None:
 
 def _normalised(dump: dict[str, Any]) -> Any:
     """The config as config.yaml stores it (tuples as lists, and so on)."""
-    return yaml.safe_load(yaml.safe_dump(dump, sort_keys=False))
+    return load_yaml(yaml.safe_dump(dump, sort_keys=False))
 
 
 def _saved_config(directory: Path) -> Any:
     path = directory / "config.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else None
+    return read_yaml(path) if path.exists() else None
 
 
 def check_source(directory: Path, config_path: Path | None, dump: dict[str, Any]) -> None:
@@ -159,9 +155,7 @@ def write_config(directory: Path, dump: dict[str, Any]) -> None:
     if _saved_config(directory) == _normalised(dump):
         return
     path = directory / "config.yaml"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(dump, sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(dump, sort_keys=False))
 
 
 def record_resume(directory: Path, step: int, changes: dict[str, tuple[Any, Any]],
@@ -174,9 +168,7 @@ def record_resume(directory: Path, step: int, changes: dict[str, tuple[Any, Any]
                     "changed": {k: {"old": None if old is _UNSET else old,
                                     "new": None if new is _UNSET else new}
                                 for k, (old, new) in changes.items()}})
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(history, indent=1))
     if changes:
         write_config(directory, dump)
 

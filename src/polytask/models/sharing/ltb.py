@@ -131,7 +131,10 @@ class LearningToBranch(SharingArchitecture):
         return {t: output(leaves, self.task_names.index(t)) for t in tasks}
 
     def before_step(self, step: int, total_steps: int) -> bool:
-        """Anneal the temperature during the search; fix the tree when the search ends."""
+        """Anneal the temperature during the search; fix the tree when the search ends.
+
+        The trainer calls it at every `on_step_begin` event, through its
+        `polytask.train.callbacks.ArchitectureSchedule` callback."""
         search_steps = max(1, round(self.search_fraction * total_steps))
         if self.discretized:
             return False

@@ -1,5 +1,8 @@
 """Per-task metrics: pure functions of numpy arrays (or tag lists), no torch.
 
+They live with the tasks because each task kind (`polytask.tasks.kinds`) names the metrics
+it reports; `polytask.evaluate` imports them from here, never the other way round.
+
 Each function returns a ``dict[str, float]`` keyed by metric name; `HIGHER_IS_BETTER` tells,
 for every name any function here returns, which direction is better (used by delta-m% and
 ranks, see `polytask.evaluate.delta`).
