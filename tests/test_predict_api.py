@@ -130,3 +130,18 @@ def test_cli_names_a_missing_id_column(run_dir: Path, tmp_path: Path) -> None:
                                  "--id-column", "key"])
     assert result.exit_code == 2
     assert "--id-column" in result.output and "'key'" in result.output
+
+
+def test_cli_reads_input_rows_like_training_data(run_dir: Path, tmp_path: Path) -> None:
+    """--input goes through the data reader: a ';'-separated CSV is not one column, and a
+    ragged row is reported with its line."""
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame(ROWS).to_csv(rows, index=False, sep=";")
+    result = runner.invoke(app, ["predict", str(run_dir), "--input", str(rows)])
+    assert result.exit_code == 0, result.output
+    assert len(_lines(result.stdout)) == len(pd.DataFrame(ROWS))
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(rows.read_text() + "1;2;3;4;5;6;7;8\n")
+    result = runner.invoke(app, ["predict", str(run_dir), "--input", str(ragged)])
+    assert result.exit_code == 2
+    assert "--input" in result.output and "line 5" in result.output

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,6 +27,7 @@ from polytask.evaluate.table import print_results
 from polytask.inference import evaluate_run, load
 from polytask.methods import all_methods, method_record
 from polytask.process import is_main_process
+from polytask.tasks.data import read_rows
 from polytask.train.baselines import train_baselines
 from polytask.train.trainer import Trainer
 
@@ -186,16 +186,6 @@ def evaluate_command(
     out.print(table)
 
 
-def _read_rows(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise PolytaskError(f"--input: file {str(path)!r} does not exist")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    raise PolytaskError(f"--input: {str(path)!r} must be .csv, .tsv, .json or .jsonl")
-
-
 @_command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
@@ -212,7 +202,7 @@ def predict(
         "index, to match predictions to rows.")] = None,
 ) -> None:
     """Print one JSON line per input row: {"row": index, [ID column,] task: prediction, ...}."""
-    rows = _read_rows(input)
+    rows = read_rows(input, "--input")
     if id_column is not None and id_column not in rows.columns:
         raise DataError(f"--id-column: {str(input)!r} has no column {id_column!r}; its columns "
                         f"are {list(rows.columns)}")

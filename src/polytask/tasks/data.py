@@ -71,6 +71,14 @@ def _read_file(path: Path, where: str, spec: DataSpec) -> pd.DataFrame:
     return dataset.to_pandas()
 
 
+def read_rows(path: Path, where: str) -> pd.DataFrame:
+    """The rows of one CSV/TSV/JSON/JSONL/Parquet file, read as a dataset's file is (the
+    CSV separator sniffed, errors naming the file and line): for `polytask predict`."""
+    if not path.is_file():
+        raise DataError(f"{where}: file {str(path)!r} does not exist")
+    return _read_file(path, where, DataSpec())
+
+
 def _no_rows(path: Path, where: str) -> DataError:
     return DataError(f"{where}: file {str(path)!r} has no rows; add rows, or leave the split "
                      "out (a missing validation/test split is carved from train)")
@@ -124,6 +132,9 @@ def _sniff_delimiter(path: Path, encoding: str) -> str:
     header = sample.splitlines()[0] if sample else ""
     if "," in header:
         return ","
+    used = [d for d in ";\t|" if d in header]
+    if len(used) == 1:  # the header alone decides (a ragged row below cannot mislead it)
+        return used[0]
     try:
         found = csv.Sniffer().sniff(sample, delimiters=";\t|").delimiter
     except csv.Error:
