@@ -4,7 +4,7 @@
     python benchmarks/balancers.py --sweep [--budget 1.5] [--time-limit 480] [--methods ...]
 
 Model: trunk Linear(64,H)-ReLU-Linear(H,H)-ReLU, T linear heads, MSE, batch 256, SGD. A step
-is zero_grad, forward, `balancer.backward`, `optimizer.step` and `balancer.after_step` (which
+is zero_grad, forward, `balance.backward`, `optimizer.step` and `balancer.after_step` (which
 re-evaluates the batch only for methods that ask, such as FAMO). Steps of `ew` and of the
 method alternate, so both see the same machine load. Each cell shows two ratios to `ew`:
 the median step time, then (in brackets) the mean step time. They differ when a method does
@@ -185,7 +185,7 @@ def polytask_step(model: Model, balancer: balance.Balancer) -> Step:
         optimizer.zero_grad()
         balancer.set_closure(lambda: model(x, y)[0])
         losses, features = model(x, y)
-        balancer.backward(losses, shared, features, heads)
+        balance.backward(losses, shared, balancer, features, task_params=heads)
         optimizer.step()
         balancer.after_step(lambda: model(x, y)[0])
 

@@ -35,7 +35,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from polytask import Trainer, load_config
+from polytask.train.callbacks import StepResult
 
 FEATURES = 64
 ROWS = 20_000
@@ -110,7 +110,7 @@ class Interleaver:
         self.profiles = ({k: cProfile.Profile(timer=clock) for k in self.rounds}
                          if profile else None)
 
-    def __call__(self) -> Any:
+    def __call__(self) -> StepResult:
         now = self.clock()
         if self.plain is None:  # the Trainer has built its model: copy it
             self.plain = plain_loop(self.trainer, self.batch)

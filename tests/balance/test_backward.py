@@ -67,7 +67,7 @@ def test_state_dict_survives_a_checkpoint(name: str) -> None:
     b = build(name)
     for _ in range(2):
         losses, features = model.losses(x, y)
-        b.backward(losses, model.shared(), features, model.task_params())
+        balance.backward(losses, model.shared(), b, features, task_params=model.task_params())
         b.after_step(lambda: model.losses(x, y)[0])
     buffer = io.BytesIO()
     torch.save(b.state_dict(), buffer)
@@ -76,11 +76,13 @@ def test_state_dict_survives_a_checkpoint(name: str) -> None:
     restored.load_state_dict(torch.load(buffer))
     model.zero_grad()
     losses, features = model.losses(x, y)
-    first = b.backward(losses, model.shared(), features, model.task_params())
+    first = balance.backward(losses, model.shared(), b, features,
+                             task_params=model.task_params()).weights
     grads = flat_grads(model.shared())
     model.zero_grad()
     losses, features = model.losses(x, y)
-    second = restored.backward(losses, model.shared(), features, model.task_params())
+    second = balance.backward(losses, model.shared(), restored, features,
+                              task_params=model.task_params()).weights
     assert first == pytest.approx(second)
     assert torch.allclose(grads, flat_grads(model.shared()))
 
@@ -90,7 +92,7 @@ def test_the_deprecated_backward_still_fills_the_gradients() -> None:
     model = TinyMultiTask()
     x, y = batch()
     b = build("pcgrad")
-    with pytest.warns(DeprecationWarning, match="balance.backward"):
+    with pytest.warns(DeprecationWarning, match="Balancer.backward is deprecated"):
         weights = b.backward(model.losses(x, y)[0], model.shared())
     first = flat_grads(model.shared())
     model.zero_grad()

@@ -156,7 +156,8 @@ def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:
     assert all(torch.equal(p, q) for p, q in zip(model.shared(), before, strict=True))
     model.zero_grad()
     losses, features = model.losses(x, y)
-    balance.get("upgrad").backward(losses, model.shared(), features, model.task_params())
+    balance.backward(losses, model.shared(), balance.get("upgrad"), features,
+                     task_params=model.task_params())
     plain = flat_grads(model.shared())
     assert torch.isfinite(sam).all() and not torch.allclose(sam, plain)
     # as rho -> 0 the flat gradients tend to the plain ones
@@ -164,5 +165,5 @@ def test_sam_uses_flat_gradients_and_restores_the_weights() -> None:
     tiny = balance.get("upgrad", sam_rho=1e-6)
     tiny.set_closure(lambda: model.losses(x, y)[0])
     losses, features = model.losses(x, y)
-    tiny.backward(losses, model.shared(), features, model.task_params())
+    balance.backward(losses, model.shared(), tiny, features, task_params=model.task_params())
     assert torch.allclose(flat_grads(model.shared()), plain, rtol=1e-3, atol=1e-5)

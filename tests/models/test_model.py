@@ -36,7 +36,7 @@ def test_any_module_backbone_trains_with_a_balancer_in_a_plain_loop() -> None:
     start = {t: v.item() for t, v in losses().items()}
     for _ in range(200):
         optimizer.zero_grad()
-        balancer.backward(losses(), shared, task_params=model.all_task_parameters())
+        balance.backward(losses(), shared, balancer, task_params=model.all_task_parameters())
         optimizer.step()
     end = {t: v.item() for t, v in losses().items()}
     assert all(end[t] < 0.3 * start[t] for t in start)

@@ -113,9 +113,11 @@ class StepResult:
     """What `on_step_end` sees of the step just taken (its last micro-batch under
     `train.grad_accum`): the model after the optimizer step, the batch `{task: (inputs,
     labels)}` (inputs on the CPU), the model's output and per-task losses before the step
-    (their graph already spent by the backward: read their values), and the balancer's
-    `BalanceResult` (the task weights applied and, on logging steps, the Gramian of the task
-    gradients for methods that see them). `logged`: what the step logs (empty except on
+    (their graph already spent by the backward: read their values), and `balancer_result`,
+    the engine's `polytask.balance.BalanceResult`, not a weights dict: `.weights` holds the
+    task weights applied (`{task: weight}`, empty for an aggregator that is no weighted sum)
+    and `.gramian` the Gramian of the task gradients (on logging steps, for methods that see
+    them; None otherwise). `logged`: what the step logs (empty except on
     logging steps). A batch skipped for a non-finite loss has empty `losses`, no `output`
     and (with no other micro-batch) no `balancer_result`."""
 
