@@ -80,6 +80,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "nash_mtl+representation": ("nash_mtl", {"representation": True}),
     "nash_mtl+update_every=5": ("nash_mtl", {"update_every": 5}),
     "pcgrad+sparse=0.1": ("pcgrad", {"sparse": 0.1}),
+    "famo+lagged": ("famo", {"lagged": True}),
 }
 #: torchjd aggregators computing the same thing as a row (factory given T)
 TORCHJD: dict[str, Callable[[Any, int], Any]] = {
