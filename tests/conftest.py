@@ -160,3 +160,18 @@ def tabular_config(path: Path, **train: object) -> dict[str, object]:
             **train,
         },
     }
+
+
+def poison_size_loss(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Make the `size` task's loss NaN at trainer step `at_step` (of `tabular_config`)."""
+    from polytask.train.trainer import Trainer
+
+    original = Trainer._forward
+
+    def forward(self: Trainer, batch):  # type: ignore[no-untyped-def]
+        losses, output = original(self, batch)
+        if self.step == at_step:
+            losses["size"] = losses["size"] * float("nan")
+        return losses, output
+
+    monkeypatch.setattr(Trainer, "_forward", forward)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 
 from polytask.balance import BALANCERS
@@ -37,7 +36,7 @@ from polytask.config import MethodConfig, RunConfig, load_config
 from polytask.errors import ConfigError
 from polytask.evaluate.leaderboard import build_leaderboard, leaderboard_markdown
 from polytask.evaluate.report import write_bench_report
-from polytask.files import atomic_write_text, load_yaml, read_yaml
+from polytask.files import atomic_write_text, read_yaml
 from polytask.models.sharing import ARCHITECTURES
 from polytask.pipeline import resolve
 from polytask.suites import SUITES, load_suite
@@ -45,6 +44,7 @@ from polytask.tasks.sampling import SAMPLERS
 from polytask.train.baselines import baseline_dir, cached_baselines, train_baselines
 from polytask.train.checkpoint import list_checkpoints
 from polytask.train.results import write_json
+from polytask.train.run_dir import config_differences
 from polytask.train.trainer import Trainer
 
 __all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_BALANCERS", "BenchOutcome", "Cell",
@@ -184,27 +184,14 @@ def plan(base: RunConfig, balancers: str | Sequence[str], architectures: str | S
     return cells
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
 def _check_same_settings(cell: Cell, run_dir: Path) -> None:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    recorded = _flat(read_yaml(path) or {})
-    wanted = _flat(load_yaml(yaml.safe_dump(cell.config.dump(), sort_keys=False)))
-    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-    if changed:
-        shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:4])
+    changes = config_differences(run_dir, cell.config.dump())
+    if changes:
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}"
+                          for k, (old, new) in list(changes.items())[:4])
         raise ConfigError(
             f"bench: {run_dir} was trained with other settings ({shown}"
-            f"{', ...' if len(changed) > 4 else ''}); pass another --out, or delete that "
+            f"{', ...' if len(changes) > 4 else ''}); pass another --out, or delete that "
             "folder to retrain it (nothing was overwritten)")
 
 

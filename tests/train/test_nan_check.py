@@ -10,25 +10,13 @@ import pytest
 from polytask import Trainer, load_config
 from polytask.errors import TrainingError
 from polytask.train import checkpoint
-from tests.conftest import tabular_config
+from tests.conftest import poison_size_loss, tabular_config
 
 
 def _config(path: Path, **overrides: object):
     settings = {"max_steps": 24, "eval_every": 12, "checkpoint_every": 8, "log_every": 4,
                 **overrides}
     return load_config(tabular_config(path, **settings), ["balancer=ew", "sampler=all"])
-
-
-def _poison(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    original = Trainer._forward
-
-    def forward(self: Trainer, batch):
-        losses, output = original(self, batch)
-        if self.step == at_step:
-            losses["size"] = losses["size"] * float("nan")
-        return losses, output
-
-    monkeypatch.setattr(Trainer, "_forward", forward)
 
 
 def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -69,7 +57,8 @@ def test_skip_policy_checks_every_step(tmp_path: Path, tabular_file: Path,
 
 def test_stop_policy_names_the_first_nan_step_and_keeps_no_nan_checkpoint(
         tmp_path: Path, tabular_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _poison(monkeypatch, at_step=9)  # step 10; found on logging step 12, before its checkpoint
+    poison_size_loss(monkeypatch, at_step=9)  # step 10; found on logging step 12, before
+    # its checkpoint
     with pytest.raises(TrainingError, match=r"step 10: the loss of task\(s\) \['size'\]"):
         Trainer(_config(tabular_file, log_every=100), tmp_path / "run").fit()
     kept = checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")
@@ -79,7 +68,7 @@ def test_stop_policy_names_the_first_nan_step_and_keeps_no_nan_checkpoint(
 
 def test_a_crash_after_an_unchecked_nan_reports_the_nan(
         tmp_path: Path, tabular_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _poison(monkeypatch, at_step=1)
+    poison_size_loss(monkeypatch, at_step=1)
     original = Trainer._apply_update
 
     def apply_update(self: Trainer, batch, logged) -> None:

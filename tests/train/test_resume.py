@@ -13,7 +13,7 @@ from polytask import Trainer, load_config
 from polytask.errors import ConfigError, TrainingError
 from polytask.train import checkpoint
 from polytask.train.callbacks import StepResult
-from tests.conftest import tabular_config
+from tests.conftest import poison_size_loss, tabular_config
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -102,21 +102,9 @@ def test_an_existing_run_is_never_overwritten(tmp_path: Path, tabular_file: Path
         Trainer(_config(tabular_file, max_steps=4), tmp_path / "run", resume=True)
 
 
-def _poison(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    original = Trainer._forward
-
-    def forward(self: Trainer, batch):
-        losses, output = original(self, batch)
-        if self.step == at_step:
-            losses["size"] = losses["size"] * float("nan")
-        return losses, output
-
-    monkeypatch.setattr(Trainer, "_forward", forward)
-
-
 def test_nan_loss_stops_with_task_and_step(tmp_path: Path, tabular_file: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    _poison(monkeypatch, at_step=6)
+    poison_size_loss(monkeypatch, at_step=6)
     with pytest.raises(TrainingError, match=r"step 7: the loss of task\(s\) \['size'\]"):
         Trainer(_config(tabular_file), tmp_path / "run").fit()
     assert checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")  # step 4 kept
@@ -124,7 +112,7 @@ def test_nan_loss_stops_with_task_and_step(tmp_path: Path, tabular_file: Path,
 
 def test_nan_loss_skip_policy_goes_on(tmp_path: Path, tabular_file: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    _poison(monkeypatch, at_step=6)
+    poison_size_loss(monkeypatch, at_step=6)
     results = Trainer(_config(tabular_file, nan_policy="skip"), tmp_path / "run").fit()
     assert results["steps"] == 24
     assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "run").values())

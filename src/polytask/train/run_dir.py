@@ -129,17 +129,22 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def config_changes(directory: Path, dump: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The keys (dotted) whose value differs from the run's config.yaml: key -> (old, new).
-
-    Raises a ConfigError listing the changes when one of them is not in RESUMABLE_KEYS."""
+def config_differences(directory: Path, dump: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The keys (dotted) whose value in `dump` differs from the run's config.yaml:
+    key -> (old, new), in key order; empty when the run has no config.yaml yet."""
     saved = _saved_config(directory)
     if saved is None:  # an old run killed before it wrote its config: nothing to compare
         return {}
     old, new = _flat(saved), _flat(_normalised(dump))
-    changes = {key: (old.get(key, _UNSET), new.get(key, _UNSET))
-               for key in sorted(set(old) | set(new)) if old.get(key, _UNSET) !=
-               new.get(key, _UNSET)}
+    return {key: (old.get(key, _UNSET), new.get(key, _UNSET))
+            for key in sorted(set(old) | set(new))
+            if old.get(key, _UNSET) != new.get(key, _UNSET)}
+
+
+def config_changes(directory: Path, dump: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """`config_differences`, refused with a ConfigError listing them when one of the keys is
+    not in RESUMABLE_KEYS."""
+    changes = config_differences(directory, dump)
     refused = [key for key in changes if key not in RESUMABLE_KEYS]
     if refused:
         shown = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
