@@ -68,6 +68,10 @@ def test_predict_some_tasks(loaded: LoadedRun) -> None:
     assert list(loaded.predict(ROWS, tasks="up").columns) == ["up"]
     assert list(loaded.predict(ROWS, tasks=["flags", "up"]).columns) == ["flags", "up"]
     assert list(loaded.predict(ROWS, tasks="all").columns) == ["up", "size", "flags"]
+    together = loaded.predict(ROWS, proba=True)  # one encoding and pass for all tasks
+    for task in together.columns:
+        assert together[task].tolist() == loaded.predict(ROWS, tasks=task, proba=True)[
+            task].tolist()
 
 
 def test_probabilities_agree_with_the_predicted_labels(loaded: LoadedRun) -> None:

@@ -127,9 +127,15 @@ class LoadedRun:
         for regression); with `proba=True`, `{label: probability}` instead (per word for
         token tasks; regression keeps its value)."""
         frame = _as_frame(rows)
-        columns = {task: self._predict_task(task, frame, proba, batch_size)
-                   for task in self._select(tasks)}
-        return pd.DataFrame(columns, index=frame.index)
+        selected = self._select(tasks)
+        groups: dict[tuple[tuple[str, ...], bool], list[str]] = {}
+        for task in selected:  # tasks reading the same columns share one encoding and pass
+            key = (tuple(self.tasks[task].input_columns), self.kinds[task].level == "token")
+            groups.setdefault(key, []).append(task)
+        columns: dict[str, list[Any]] = {}
+        for group in groups.values():
+            columns.update(self._predict_tasks(group, frame, proba, batch_size))
+        return pd.DataFrame({task: columns[task] for task in selected}, index=frame.index)
 
     def _select(self, tasks: str | Sequence[str] | None) -> list[str]:
         if tasks is None or tasks == "all":
@@ -142,29 +148,33 @@ class LoadedRun:
                               "of them, or all")
         return names
 
-    def _predict_task(self, task: str, frame: pd.DataFrame, proba: bool,
-                      batch_size: int) -> list[Any]:
-        """Decoded predictions (or probabilities) of `task` for every row of `frame`."""
-        spec, kind = self.tasks[task], self.kinds[task]
-        missing = [c for c in spec.input_columns if c not in frame.columns]
+    def _predict_tasks(self, tasks: list[str], frame: pd.DataFrame, proba: bool,
+                       batch_size: int) -> dict[str, list[Any]]:
+        """Decoded predictions (or probabilities) of `tasks`, which read the same input
+        columns, for every row of `frame`: the rows are encoded once and each batch goes
+        through the model once for all of them."""
+        columns = self.tasks[tasks[0]].input_columns
+        missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise DataError(f"input rows: column(s) {missing} missing; task {task!r} reads "
-                            f"{spec.input_columns}, the rows have {list(frame.columns)}")
-        words = kind.level == "token"
-        encoded = self.encoder.encode(frame, spec.input_columns, words=words)
+            raise DataError(f"input rows: column(s) {missing} missing; task {tasks[0]!r} reads "
+                            f"{columns}, the rows have {list(frame.columns)}")
+        words = self.kinds[tasks[0]].level == "token"
+        encoded = self.encoder.encode(frame, columns, words=words)
         self.model.eval()
-        out: list[Any] = []
+        out: dict[str, list[Any]] = {task: [] for task in tasks}
         with torch.no_grad():
             for start in range(0, len(frame), batch_size):
                 rows = torch.arange(start, min(start + batch_size, len(frame)))
                 batch = collate(encoded, rows)
-                outputs = self.model({task: batch}).outputs[task]
-                if words:  # keep each word's first piece
-                    first = batch["word_index"] >= 0
-                    out += [_decode(kind, row[keep].unsqueeze(0), proba)[0]
-                            for row, keep in zip(outputs, first, strict=True)]
-                else:
-                    out += _decode(kind, outputs, proba)
+                outputs = self.model(dict.fromkeys(tasks, batch)).outputs
+                for task in tasks:
+                    kind = self.kinds[task]
+                    if words:  # keep each word's first piece
+                        first = batch["word_index"] >= 0
+                        out[task] += [_decode(kind, row[keep].unsqueeze(0), proba)[0]
+                                      for row, keep in zip(outputs[task], first, strict=True)]
+                    else:
+                        out[task] += _decode(kind, outputs[task], proba)
         return out
 
 
