@@ -65,6 +65,7 @@ class TaskKind(ABC):
             )
         self.higher_is_better = M.higher_is_better(self.metric)
         self._stripped = 0  # label values whose whitespace was stripped since the last report
+        self._tensors: dict[tuple[Any, ...], Tensor] = {}  # see `_tensor_like`
 
     # -- labels -----------------------------------------------------------------------
     @abstractmethod
@@ -93,6 +94,16 @@ class TaskKind(ABC):
         self.label_names = state["labels"]
 
     label_names: list[str] | None = None
+
+    def _tensor_like(self, values: Sequence[float], like: Tensor) -> Tensor:
+        """`values` (label statistics, class weights) as a tensor on the device and in the
+        dtype of `like`: made once and kept, since the loss needs it at every step."""
+        key = (tuple(values), like.device, like.dtype)
+        tensor = self._tensors.get(key)
+        if tensor is None:
+            tensor = torch.tensor(values, dtype=like.dtype, device=like.device)
+            self._tensors[key] = tensor
+        return tensor
 
     # -- model ------------------------------------------------------------------------
     def build_head(self, input_dim: int) -> nn.Module:
@@ -218,7 +229,6 @@ class Classification(TaskKind):
     default_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "mcc")
     class_weights: list[float] | None = None  # per label id, from `class_weight`
-    _weight_tensor: Tensor | None = None
 
     def fit(self, train: pd.DataFrame) -> None:
         values = self._column(train).tolist()
@@ -255,7 +265,6 @@ class Classification(TaskKind):
         an explicit {label: weight} mapping (unlisted labels weigh 1)."""
         setting, names = self.task.class_weight, self.label_names
         assert names is not None
-        self._weight_tensor = None
         if setting is None:
             self.class_weights = None
         elif setting == "balanced":
@@ -292,7 +301,6 @@ class Classification(TaskKind):
     def load_state(self, state: dict[str, Any]) -> None:
         self.label_names = state["labels"]
         self.class_weights = state.get("class_weights")
-        self._weight_tensor = None
 
     def encode(self, frame: pd.DataFrame, split: str) -> Tensor:
         ids = self._ids(self._column(frame).tolist(), split)
@@ -300,14 +308,10 @@ class Classification(TaskKind):
         return torch.tensor(ids, dtype=torch.long)
 
     def _weights_like(self, outputs: Tensor) -> Tensor | None:
-        """The class weights on the outputs' device and dtype (kept there between steps)."""
+        """The class weights on the outputs' device and dtype."""
         if self.class_weights is None:
             return None
-        weights = self._weight_tensor
-        if weights is None or weights.device != outputs.device or weights.dtype != outputs.dtype:
-            weights = torch.tensor(self.class_weights, dtype=outputs.dtype, device=outputs.device)
-            self._weight_tensor = weights
-        return weights
+        return self._tensor_like(self.class_weights, outputs)
 
     def loss(self, outputs: Tensor, labels: Tensor) -> Tensor:
         return _masked_cross_entropy(outputs, labels, self._weights_like(outputs))
@@ -519,8 +523,7 @@ class Regression(TaskKind):
 
     def _moments_like(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """Train mean and std on the device (and in the dtype) of `values`."""
-        return (torch.tensor(self.mean, dtype=values.dtype, device=values.device),
-                torch.tensor(self.std, dtype=values.dtype, device=values.device))
+        return self._tensor_like(self.mean, values), self._tensor_like(self.std, values)
 
     def _standardise(self, labels: Tensor) -> Tensor:
         mean, std = self._moments_like(labels)
