@@ -17,7 +17,7 @@ from torch import nn
 
 from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
-from polytask.models.backbones import HFEncoder, build_tabular, build_text
+from polytask.models.backbones import HFEncoder, build_tabular, build_text, text_inputs
 from polytask.models.inputs import TabularInputs, TextInputs, content_hash
 from polytask.models.model import MultiTaskModel
 from polytask.models.sharing import ARCHITECTURES
@@ -146,10 +146,12 @@ def warn_label_leakage(tasks: list[Task], task_source: dict[str, str]) -> None:
 
 
 def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
-                  inputs_of: dict[str, list[str]]) -> tuple[nn.Module, TextInputs | TabularInputs]:
-    """The backbone and the input encoder that feeds it (fitted on training rows)."""
+                  inputs_of: dict[str, list[str]], backbone: nn.Module | None = None,
+                  ) -> tuple[nn.Module, TextInputs | TabularInputs]:
+    """The backbone and the input encoder that feeds it (fitted on training rows). With a
+    `backbone` of the user's, only the input encoder is built (no weights are loaded)."""
     if spec.type == "hf":
-        return build_text(spec)
+        return build_text(spec) if backbone is None else (backbone, text_inputs(spec))
     tabular = TabularInputs(spec.impute, spec.impute_value or 0.0, spec.missing_indicator,
                             spec.categorical)
     column_sets = {tuple(c) for c in inputs_of.values()}
@@ -162,7 +164,7 @@ def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
     columns = list(next(iter(column_sets)))
     train = pd.concat([s.frames["train"][columns] for s in sources.values()], ignore_index=True)
     tabular.fit(train, columns)
-    return build_tabular(spec, tabular), tabular
+    return (build_tabular(spec, tabular) if backbone is None else backbone), tabular
 
 
 def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
@@ -192,8 +194,7 @@ def prepare(config: RunConfig,
                     f"tasks.{task.name}: kind {task.kind!r} tags words, so it needs a text "
                     "backbone (model.backbone.type: hf), not an MLP over table columns"
                 )
-    built, encoder = build_encoder(resolved.backbone, sources, inputs_of)
-    backbone = built if backbone is None else backbone
+    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of, backbone)
     splits: dict[str, dict[str, SplitData]] = {}
     for name, source in sources.items():
         readers = [t for t in resolved.tasks if task_source[t.name] == name]

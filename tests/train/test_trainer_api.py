@@ -11,12 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import transformers
 from torch import Tensor, nn
 
 from polytask import MultiTaskModel, Trainer, load_config
 from polytask.errors import ConfigError
+from polytask.models.inputs import TextInputs
 from polytask.models.model import ModelOutput
 from polytask.models.sharing.hard_sharing import HardSharing
+from polytask.models.spec import BackboneSpec
+from polytask.pipeline import build_encoder
 
 COLUMNS = ["a", "b", "c"]
 
@@ -107,3 +111,17 @@ def test_a_task_without_data_is_refused_before_training(tmp_path: Path) -> None:
                        r"data="):
         Trainer(_config(), tmp_path / "run").fit()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_user_backbone_spares_loading_the_configured_weights(
+        tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the user's backbone, a text config loads only its tokenizer (not the model)."""
+    def no_weights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the configured model's weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+    trunk = NumericTrunk()
+    spec = BackboneSpec(type="hf", name=str(tiny_bert), max_length=16)
+    backbone, encoder = build_encoder(spec, {}, {}, trunk)
+    assert backbone is trunk
+    assert isinstance(encoder, TextInputs)

@@ -131,24 +131,35 @@ class MLPBackbone(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))
 
 
-def build_text(spec: BackboneSpec) -> tuple[HFEncoder, TextInputs]:
-    """The encoder and its tokenizer, from a local folder, packaged alias or hub id."""
-    from transformers import AutoModel, AutoTokenizer
-
+def _from_pretrained(spec: BackboneSpec, loader: Any) -> tuple[Any, str]:
+    """`loader.from_pretrained` (a tokenizer or model class) on the backbone's local folder,
+    packaged alias or hub id, and the path it resolved to."""
     if not spec.name:
         raise ConfigError("model.backbone.name is required for type 'hf' (e.g. 'minilm-l6')")
     path = resolve_model_path(spec.name)
-    local = Path(path).exists()
-    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        encoder = AutoModel.from_pretrained(path, **kwargs)
+        return loader.from_pretrained(path, trust_remote_code=spec.trust_remote_code), path
     except OSError as error:
-        where = "folder" if local else "hub id (is the network reachable?)"
+        where = "folder" if Path(path).exists() else "hub id (is the network reachable?)"
         raise ConfigError(f"model.backbone.name: cannot load {spec.name!r} as a {where}: "
                           f"{error}") from None
-    backbone = HFEncoder(encoder, spec.pooling, spec.trainable_layers)
-    return backbone, TextInputs(tokenizer, f"{spec.name}:{path}", spec.max_length)
+
+
+def text_inputs(spec: BackboneSpec) -> TextInputs:
+    """The backbone's tokenizer as the input encoder, without loading the model's weights."""
+    from transformers import AutoTokenizer
+
+    tokenizer, path = _from_pretrained(spec, AutoTokenizer)
+    return TextInputs(tokenizer, f"{spec.name}:{path}", spec.max_length)
+
+
+def build_text(spec: BackboneSpec) -> tuple[HFEncoder, TextInputs]:
+    """The encoder and its tokenizer, from a local folder, packaged alias or hub id."""
+    from transformers import AutoModel
+
+    inputs = text_inputs(spec)
+    encoder, _ = _from_pretrained(spec, AutoModel)
+    return HFEncoder(encoder, spec.pooling, spec.trainable_layers), inputs
 
 
 def build_tabular(spec: BackboneSpec, inputs: TabularInputs) -> MLPBackbone:

@@ -268,7 +268,8 @@ class Trainer:
     def _prepare(self) -> tuple[Any, MultiTaskModel, Any, Any]:
         """The data, the model (the user's, when given), the input encoder, the backbone spec."""
         own = self.user_model
-        backbone = own if own is not None and not isinstance(own, MultiTaskModel) else None
+        # the user's backbone (a ready model's own): the configured one is never loaded
+        backbone = own.backbone if isinstance(own, MultiTaskModel) else own
         data, model, encoder, spec = prepare(self.config, backbone=backbone)
         if isinstance(own, MultiTaskModel):
             missing = [t.name for t in data.tasks if t.name not in own.heads]
