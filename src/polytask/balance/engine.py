@@ -12,7 +12,9 @@
 * computes the task gradients of the shared parameters once, in factored form
   (`TaskGradients`), starting from the shared representation: the deepest node of the
   graph that every path from the losses to the shared parameters crosses, found in the
-  graph (`find_shared_graph`), so the heads are not traversed with T-row gradients;
+  graph (`find_shared_graph`), so the heads are not traversed with T-row gradients; the
+  analysis is remembered by the graph's structure (`analyse_graph`), so a training loop
+  pays for it once;
 * applies the options (`Options`): `representation`, `update_every`, `sparse`, `sam_rho`;
 * *accumulates* the update into `.grad` (like `Tensor.backward`);
 * returns a `BalanceResult`: the task weights applied and, when asked (`gramian=True`), the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -38,7 +41,13 @@ from polytask.balance.base import (
     LossWeighting,
     Method,
 )
-from polytask.balance.gramian import TaskGradients
+from polytask.balance.gramian import (
+    LinearLayer,
+    TaskGradients,
+    add_grad,
+    find_linear_layers,
+    linear_layer,
+)
 from polytask.balance.jacobian import cut_rows
 
 Closure = Callable[[], Mapping[str, Tensor]]
@@ -276,6 +285,117 @@ def _common(nodes: list[Node], idom: dict[Node, Node | None],
     return result
 
 
+#: A graph's structure: the positions of the roots and, per node (in the order
+#: `_fingerprint` walks them), its type, its edges (position of the child, output number)
+#: and, for a leaf, the id of its tensor.
+Fingerprint = tuple[tuple[int, ...], tuple[tuple[type, tuple[int, ...], int], ...]]
+#: how many graph structures `analyse_graph` remembers (a few models, or a few step shapes)
+ANALYSES_KEPT = 8
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What `find_shared_graph` and `find_linear_layers` found in one graph, as positions in
+    `_fingerprint`'s walk: valid for every graph with the same fingerprint, so the next
+    step (a new graph of the same shape) maps it onto its own nodes instead of analysing."""
+
+    #: positions of the task-specific parameters' leaf nodes
+    task_params: tuple[int, ...]
+    #: (position, output number) of the cut and of the representation
+    cut: tuple[int, int] | None
+    representation: tuple[int, int] | None
+    #: linear layers below the cut: (position, index of the weight and of the bias (-1:
+    #: none) in the shared parameters)
+    layers: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(cls, graph: SharedGraph, layers: Sequence[LinearLayer], nodes: list[Node],
+           shared: Sequence[Tensor]) -> _Analysis:
+        at = {node: i for i, node in enumerate(nodes)}
+        leaf = {id(getattr(n, "variable", None)): i for i, n in enumerate(nodes)}
+        param = {id(p): i for i, p in enumerate(shared)}
+
+        def edge(e: GradientEdge | None) -> tuple[int, int] | None:
+            return None if e is None else (at[e.node], e.output_nr)
+
+        return cls(
+            tuple(leaf[id(p)] for p in graph.task_params), edge(graph.cut),
+            edge(graph.representation),
+            tuple((at[layer.node], param[id(layer.weight)],
+                   -1 if layer.bias is None else param[id(layer.bias)]) for layer in layers))
+
+    def rebuild(self, nodes: list[Node], shared: Sequence[Tensor]
+                ) -> tuple[SharedGraph, list[LinearLayer]] | None:
+        """The analysis on a graph with the same fingerprint (None if a layer's saved
+        input no longer qualifies: the caller then analyses afresh)."""
+
+        def edge(e: tuple[int, int] | None) -> GradientEdge | None:
+            return None if e is None else GradientEdge(nodes[e[0]], e[1])
+
+        layers = []
+        for at, weight, bias in self.layers:
+            layer = linear_layer(nodes[at], shared[weight], None if bias < 0 else shared[bias])
+            if layer is None:
+                return None
+            layers.append(layer)
+        graph = SharedGraph([nodes[i].variable for i in self.task_params],  # type: ignore[attr-defined]
+                            edge(self.cut), edge(self.representation))
+        return graph, layers
+
+
+_ANALYSES: OrderedDict[tuple[Fingerprint, tuple[int, ...]], _Analysis] = OrderedDict()
+
+
+def _fingerprint(roots: list[Node]) -> tuple[Fingerprint, list[Node]]:
+    """The structure of the graph below `roots` and its nodes, in breadth-first order."""
+    at: dict[Node, int] = {}
+    nodes: list[Node] = []
+    for root in roots:
+        if root not in at:
+            at[root] = len(nodes)
+            nodes.append(root)
+    shape = []
+    for node in nodes:  # grows while it is walked
+        edges: list[int] = []
+        for child, nr in node.next_functions:
+            if child is None:
+                edges.append(-1)
+                continue
+            i = at.get(child)
+            if i is None:
+                i = at[child] = len(nodes)
+                nodes.append(child)
+            edges += (i, nr)
+        shape.append((type(node), tuple(edges), id(getattr(node, "variable", None))))
+    return (tuple(at[r] for r in roots), tuple(shape)), nodes
+
+
+def analyse_graph(losses: Sequence[Tensor], shared: Sequence[Tensor]
+                  ) -> tuple[SharedGraph, list[LinearLayer] | None]:
+    """`find_shared_graph`, and the linear layers below its cut (None without a cut),
+    remembered by the graph's structure and the shared parameters' identities: a training
+    loop builds a graph of the same structure every step, which is then only walked once
+    (`_fingerprint`, a third of the analysis' cost) and the analysis mapped onto it."""
+    roots = [loss.grad_fn for loss in losses]
+    if any(r is None for r in roots) or any(p.grad_fn is not None for p in shared):
+        graph = find_shared_graph(losses, shared)
+        return graph, None
+    shape, nodes = _fingerprint(roots)  # type: ignore[arg-type]
+    key = (shape, tuple(id(p) for p in shared))
+    known = _ANALYSES.get(key)
+    found = None if known is None else known.rebuild(nodes, shared)
+    if found is None:
+        graph = find_shared_graph(losses, shared)
+        layers = [] if graph.cut is None else find_linear_layers(graph.cut.node, shared)
+        _ANALYSES[key] = _Analysis.of(graph, layers, nodes, shared)
+        while len(_ANALYSES) > ANALYSES_KEPT:
+            _ANALYSES.popitem(last=False)
+        found = graph, layers
+    _ANALYSES.move_to_end(key)
+    graph, layers = found
+    return graph, None if graph.cut is None else layers
+
+
 def backward(
     losses: Mapping[str, Tensor],
     shared_params: Sequence[Tensor],
@@ -330,20 +450,41 @@ def _balance(
     params = [p for p in shared_params if p.requires_grad]
     if isinstance(method, LossWeighting):
         return _weighted_backward(method, names, vector, params)
-    graph = None
+    graph, layers = None, None
     if task_params is None or features is None or not options.representation:
-        graph = find_shared_graph(ordered, params)
+        graph, layers = analyse_graph(ordered, params)
     heads = list(task_params) if task_params is not None else graph.task_params  # type: ignore[union-attr]
-    if heads:
-        torch.autograd.backward(vector.sum(), inputs=heads, retain_graph=True)
-    run = _Run(names, ordered, vector, params, method, options, state, gramian)
-    if options.representation:
-        return run.on_representation(_representation(features, graph))
+    run = _Run(names, ordered, vector, params, method, options, state, gramian, layers)
     # the deepest shared output found in the graph; the caller's features if none was found
     cut = features if graph is None or graph.cut is None else graph.cut
+    if isinstance(cut, GradientEdge) and not options.representation and run.factors_needed():
+        run.cut_grads = _cut_grads_and_heads(ordered, cut, heads)
+    elif heads:
+        torch.autograd.backward(vector.sum(), inputs=heads, retain_graph=True)
+    if options.representation:
+        return run.on_representation(_representation(features, graph))
     if isinstance(method, JacobianAggregator):
         return run.jacobian_method(cut, closure)
     return run.gramian_method(cut, closure)
+
+
+def _cut_grads_and_heads(
+    losses: Sequence[Tensor], cut: GradientEdge, heads: Sequence[Tensor]
+) -> Tensor | None:
+    """The T per-task gradients at `cut`, stacked (None when no loss reaches it), with the
+    gradient of Σ_t L_t added into each task-specific parameter's `.grad` on the way: one
+    plain backward per task, through its own head only (no separate pass for the heads)."""
+    rows = []
+    for loss in losses:
+        grads = torch.autograd.grad(loss, [cut, *heads], retain_graph=True, allow_unused=True)
+        rows.append(grads[0])
+        for param, grad in zip(heads, grads[1:], strict=True):
+            if grad is not None:
+                add_grad(param, grad)  # a copy: autograd may hand one tensor to two inputs
+    like = next((row for row in rows if row is not None), None)
+    if like is None:
+        return None
+    return torch.stack([torch.zeros_like(like) if row is None else row for row in rows])
 
 
 def _weighted_backward(
@@ -383,6 +524,19 @@ class _Run:
     options: Options
     state: EngineState | None
     want_gramian: bool
+    #: the linear layers below the cut, when the graph analysis found them
+    layers: list[LinearLayer] | None = None
+    #: the T per-task gradients at the cut, when the engine computed them with the heads'
+    cut_grads: Tensor | None = None
+
+    def task_gradients(self, cut: Tensor | GradientEdge | None) -> TaskGradients:
+        return TaskGradients(self.losses, self.params, cut, cut_grads=self.cut_grads,
+                             layers=self.layers)
+
+    def factors_needed(self) -> bool:
+        """Whether this step forms the task gradients (not a step that reuses weights)."""
+        return not (isinstance(self.method, GramianWeighting) and self.reusing()
+                    and not self.want_gramian and not self.options.masked)
 
     def weights_of(self, gramian: Tensor | None) -> Tensor:
         """This step's weights: reused (update_every), or solved from `gramian`."""
@@ -433,7 +587,7 @@ class _Run:
             weights = self.weights_of(None)  # reused: one backward, as cheap as `ew`
             torch.autograd.backward((weights * self.vector).sum(), inputs=self.params)
             return self.done(weights, None)
-        gradients = TaskGradients(self.losses, self.params, cut)
+        gradients = self.task_gradients(cut)
         if self.options.masked or self.options.sam_rho is not None:
             return self.dense(gradients, closure)
         gramian = gradients.gramian()
@@ -447,10 +601,13 @@ class _Run:
         chosen = self.method.tasks_for_step(self.names)
         full = None
         if chosen != self.names:  # a method that needs some tasks' gradients only
-            full = TaskGradients(self.losses, self.params, cut) if self.want_gramian else None
-            self.losses = [self.losses[self.names.index(n)] for n in chosen]
+            full = self.task_gradients(cut) if self.want_gramian else None
+            keep = [self.names.index(n) for n in chosen]
+            self.losses = [self.losses[i] for i in keep]
             self.names = chosen
-        gradients = TaskGradients(self.losses, self.params, cut)
+            if self.cut_grads is not None:
+                self.cut_grads = self.cut_grads[keep]
+        gradients = self.task_gradients(cut)
         logged = (full or gradients).gramian() if self.want_gramian else None
         column = None if self.options.masked or self.options.sam_rho else (
             self.method.column_aggregator(gradients.offsets[-1]))

@@ -49,7 +49,7 @@ BLOCK = 1 << 20
 
 
 @dataclass
-class _Linear:
+class LinearLayer:
     """One linear layer found in the graph: its output edge, input and parameters."""
 
     node: Node
@@ -85,7 +85,7 @@ def _leaf(node: Node | None, consumers: dict[Node, int], owned: dict[int, Tensor
     return None if variable is None else owned.get(id(variable))
 
 
-def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> list[_Linear]:
+def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> list[LinearLayer]:
     """The linear layers below `root` (the loss vector, the shared representation, or the
     node that made it) whose weight (and bias, if any) are among `params` and used once."""
     if isinstance(root, Tensor):
@@ -97,11 +97,9 @@ def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> 
     layers = []
     for node in nodes:
         kind = _LINEAR_NODES.get(type(node).__name__)
-        if kind is None or getattr(node, "_saved_alpha", 1) != 1:
+        if kind is None:
             continue
-        if getattr(node, "_saved_beta", 1) != 1:
-            continue
-        mat1, saved = kind
+        mat1 = kind[0]
         transpose = node.next_functions[mat1 + 1][0]
         if transpose is None or type(transpose).__name__ != "TBackward0":
             continue
@@ -115,16 +113,35 @@ def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> 
             # None when the bias is no parameter of ours (or is used elsewhere: then it is
             # handled with the other parameters); W's gradient does not depend on it.
             bias = _leaf(node.next_functions[0][0], consumers, owned)
-        inputs = getattr(node, saved)
-        if inputs is None or inputs.dim() != 2:
-            continue
-        layers.append(_Linear(node, inputs.detach(), weight, bias))
+        layer = linear_layer(node, weight, bias)
+        if layer is not None:
+            layers.append(layer)
     return layers
 
 
+def linear_layer(node: Node, weight: Tensor, bias: Tensor | None) -> LinearLayer | None:
+    """The layer of a linear node whose weight (and bias) were found in the graph; None
+    when its saved input is not a matrix or it scales its product (alpha, beta != 1)."""
+    if getattr(node, "_saved_alpha", 1) != 1 or getattr(node, "_saved_beta", 1) != 1:
+        return None
+    inputs = getattr(node, _LINEAR_NODES[type(node).__name__][1])
+    if inputs is None or inputs.dim() != 2:
+        return None
+    return LinearLayer(node, inputs.detach(), weight, bias)
+
+
+#: at most this many entries of explicit per-task weight gradients are kept between
+#: `gramian()` and `accumulate()` (128 MB in float32); beyond it they are formed again
+KEEP_ENTRIES = 1 << 25
+
+
 def _use_kernel(batch: int, d_in: int, d_out: int, tasks: int) -> bool:
-    explicit = tasks * batch * d_in * d_out + tasks * tasks * d_in * d_out
-    kernel = batch * batch * d_in + tasks * batch * batch * d_out + tasks * tasks * batch * d_out
+    """Whether the kernel form costs fewer multiply-adds than the explicit per-task weight
+    gradients, counting the Gramian and the update (the explicit update is a weighted sum of
+    the kept gradients; the kernel one a product with the layer input)."""
+    explicit = tasks * batch * d_in * d_out + (tasks * tasks + tasks) * d_in * d_out
+    kernel = (batch * batch * d_in + tasks * batch * batch * d_out
+              + tasks * tasks * batch * d_out + batch * d_in * d_out)
     return kernel < explicit
 
 
@@ -138,6 +155,11 @@ class TaskGradients:
     (`polytask.balance.engine.find_shared_graph` finds one in the graph).
     `gramian()` is the T x T matrix of their inner products; `accumulate(w)` adds
     Σ_t w_t ∇L_t into the parameters' `.grad` without another backward pass.
+
+    The engine may pass what it already has for a `GradientEdge` cut: `cut_grads`, the T
+    stacked per-task gradients there, and `layers`, the linear layers below it (both are
+    otherwise computed here). Explicit per-task weight gradients formed by `gramian()` are
+    kept (up to `KEEP_ENTRIES` entries) so that `accumulate` only sums them.
     """
 
     def __init__(
@@ -145,6 +167,9 @@ class TaskGradients:
         losses: Losses,
         params: Sequence[Tensor],
         features: Tensor | GradientEdge | None = None,
+        *,
+        cut_grads: Tensor | None = None,
+        layers: list[LinearLayer] | None = None,
     ) -> None:
         self.params = list(params)
         #: Where each parameter starts in the flattened parameter vector (and its length).
@@ -153,7 +178,7 @@ class TaskGradients:
             self.offsets.append(self.offsets[-1] + p.numel())
         root: Tensor | GradientEdge | None = features
         if isinstance(features, GradientEdge) and not isinstance(losses, Tensor):
-            cut = cut_rows(losses, features)
+            cut = cut_rows(losses, features) if cut_grads is None else cut_grads
         else:
             cut = cut_at_features(losses, features, self.params)
         if cut is None or root is None:
@@ -161,7 +186,12 @@ class TaskGradients:
         self.tasks = root.numel() if isinstance(root, Tensor) and cut is None else len(losses)
         like = losses if isinstance(losses, Tensor) else losses[0]
         root_node = root.node if isinstance(root, GradientEdge) else root.grad_fn
-        self.layers = find_linear_layers(root_node, self.params)
+        if layers is None or cut is None or not isinstance(root, GradientEdge):
+            layers = find_linear_layers(root_node, self.params)
+        self.layers = layers
+        #: per layer: the explicit per-task weight gradients (transposed: T x d_in·d_out)
+        #: and bias gradients (T x d_out) when `gramian()` formed and kept them
+        self.explicit: dict[int, tuple[Tensor, Tensor | None]] = {}
         in_layers = {id(p) for layer in self.layers for p in (layer.weight, layer.bias)}
         self.others = [p for p in self.params if id(p) not in in_layers]
         # a layer that produced `features` itself receives the cut gradients directly
@@ -185,7 +215,8 @@ class TaskGradients:
     def gramian(self) -> Tensor:
         t = self.tasks
         g = self.other_grads @ self.other_grads.T
-        for layer, z in zip(self.layers, self.outputs, strict=True):
+        kept = 0
+        for i, (layer, z) in enumerate(zip(self.layers, self.outputs, strict=True)):
             if z is None:
                 continue
             x = layer.inputs
@@ -196,13 +227,21 @@ class TaskGradients:
                     kernel += 1
                 flat = z.reshape(t, -1)
                 g = g + flat @ (kernel @ z).reshape(t, -1).T
-            else:
-                rows = torch.matmul(x.T, z).reshape(t, -1)  # task t: (∇W_t)ᵀ, d_in x d_out
-                g = g + rows @ rows.T
-                if layer.bias is not None:
-                    sums = z.sum(1)
-                    g = g + sums @ sums.T
+                continue
+            rows, sums = self._explicit_grads(layer, z)
+            g = g + rows @ rows.T
+            if sums is not None:
+                g = g + sums @ sums.T
+            if kept + rows.numel() <= KEEP_ENTRIES:
+                kept += rows.numel()
+                self.explicit[i] = (rows, sums)
         return (g + g.T) / 2
+
+    def _explicit_grads(self, layer: LinearLayer, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The T per-task gradients of the layer's weight, transposed (T x d_in·d_out; the
+        product runs faster in this layout), and of its bias."""
+        rows = torch.matmul(layer.inputs.T, z).reshape(self.tasks, -1)
+        return rows, None if layer.bias is None else z.sum(1)
 
     @torch.no_grad()
     def jacobian(self, size: int | None = None) -> Tensor:
@@ -272,23 +311,30 @@ class TaskGradients:
     @torch.no_grad()
     def accumulate(self, weights: Tensor) -> None:
         w = weights.to(self.other_grads.dtype).to(self.other_grads.device)
-        for layer, z in zip(self.layers, self.outputs, strict=True):
+        for i, (layer, z) in enumerate(zip(self.layers, self.outputs, strict=True)):
             if z is None:
                 continue
+            if i in self.explicit:
+                rows, sums = self.explicit[i]
+                update = (w @ rows).view(layer.weight.shape[::-1]).T.contiguous()
+                add_grad(layer.weight, update, fresh=True)
+                if layer.bias is not None and sums is not None:
+                    add_grad(layer.bias, w @ sums, fresh=True)
+                continue
             combined = (w @ z.reshape(self.tasks, -1)).view(z.shape[1:])
-            _add_grad(layer.weight, combined.T @ layer.inputs, fresh=True)
+            add_grad(layer.weight, combined.T @ layer.inputs, fresh=True)
             if layer.bias is not None:
-                _add_grad(layer.bias, combined.sum(0), fresh=True)
+                add_grad(layer.bias, combined.sum(0), fresh=True)
         if not self.others:
             return
         update = w @ self.other_grads
         offset = 0
         for p in self.others:
-            _add_grad(p, update[offset : offset + p.numel()].view_as(p))
+            add_grad(p, update[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
 
 
-def _add_grad(param: Tensor, value: Tensor, fresh: bool = False) -> None:
+def add_grad(param: Tensor, value: Tensor, fresh: bool = False) -> None:
     """Add `value` into `param.grad`; a `fresh` value (a new tensor nobody else holds)
     becomes the gradient itself instead of a copy."""
     if param.grad is not None:
