@@ -18,7 +18,7 @@ from rich.console import Console
 
 from polytask import Trainer, load_config
 from polytask.models.sharing import ARCHITECTURES
-from polytask.train.baselines import train_baselines
+from polytask.train.trainer import train_baselines
 
 
 def main() -> None:

@@ -43,15 +43,16 @@ def _restore_library_output() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("_restore_library_output")
-def test_library_progress_bars_are_silenced_unless_verbose() -> None:
+def test_library_progress_bars_are_silenced_unless_verbose(tmp_path: Path) -> None:
+    """By the commands that may load them (`eval` here, on a folder that is not a run)."""
     datasets.enable_progress_bars()
     transformers_logging.enable_progress_bar()
-    assert runner.invoke(app, ["methods", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["eval", str(tmp_path)]).exit_code == 2
     assert not datasets.is_progress_bar_enabled()
     assert not transformers_logging.is_progress_bar_enabled()
     assert transformers_logging.get_verbosity() == transformers_logging.ERROR
 
-    assert runner.invoke(app, ["--verbose", "methods", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["--verbose", "eval", str(tmp_path)]).exit_code == 2
     assert datasets.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
 
 

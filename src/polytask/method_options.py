@@ -16,13 +16,13 @@ import inspect
 import json
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from polytask.balance import BALANCERS
-from polytask.balance.engine import OPTION_NAMES
+from polytask.balance.engine import Options
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import Registry
 from polytask.tasks.sampling import SAMPLERS
@@ -63,9 +63,19 @@ class MethodOption:
     wrapper: bool = False
 
 
-def _extra_options(family: str) -> dict[str, Any]:
-    """Options every method of the family takes besides its own: the balancing engine's."""
-    return dict.fromkeys(OPTION_NAMES, Any) if family == "balancer" else {}
+def _type_name(annotation: Any) -> str:
+    """A type as written in the source (`float | None`), whether or not the annotation was
+    left a string (`from __future__ import annotations`)."""
+    return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+
+def _extra_options(family: str) -> dict[str, tuple[Any, Any, str]]:
+    """Options every method of the family takes besides its own: the balancing engine's
+    (`balance.engine.Options`), as name -> (type, default, type as written)."""
+    if family != "balancer":
+        return {}
+    hints = typing.get_type_hints(Options)
+    return {f.name: (hints[f.name], f.default, _type_name(f.type)) for f in fields(Options)}
 
 
 def _parameters(registry: Registry[Any], name: str) -> list[inspect.Parameter]:
@@ -84,11 +94,11 @@ def _json_default(value: Any) -> Any:
 
 def method_options(registry: Registry[Any], name: str) -> list[MethodOption]:
     """The options of method `name` of `registry`, in constructor order, then the wrappers."""
-    own = [MethodOption(p.name, str(p.annotation), None if p.default is p.empty
+    own = [MethodOption(p.name, _type_name(p.annotation), None if p.default is p.empty
                         else _json_default(p.default), p.default is p.empty)
            for p in _parameters(registry, name)]
-    wrappers = [MethodOption(key, "any", None, False, wrapper=True)
-                for key in _extra_options(registry.family)]
+    wrappers = [MethodOption(key, written, _json_default(default), False, wrapper=True)
+                for key, (_, default, written) in _extra_options(registry.family).items()]
     return own + wrappers
 
 
@@ -97,13 +107,14 @@ def _options_model(registry: Registry[Any], name: str) -> type[BaseModel]:
     """A strict pydantic model of the method's options (unknown keys forbidden)."""
     method = registry.get(name)
     hints = typing.get_type_hints(method.__init__)
-    fields: dict[str, Any] = {
+    options: dict[str, Any] = {
         p.name: (hints.get(p.name, Any), ... if p.default is p.empty else p.default)
         for p in _parameters(registry, name)
     }
-    fields.update({key: (kind, None) for key, kind in _extra_options(registry.family).items()})
+    options.update({key: (kind, default)
+                    for key, (kind, default, _) in _extra_options(registry.family).items()})
     config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
-    return create_model(f"{method.__name__}Options", __config__=config, **fields)
+    return create_model(f"{method.__name__}Options", __config__=config, **options)
 
 
 def _describe(field: str, name: str, error: Mapping[str, Any],

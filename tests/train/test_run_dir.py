@@ -21,7 +21,8 @@ from polytask.cli import app
 from polytask.errors import ConfigError
 from polytask.process import is_main_process
 from polytask.train import run_dir
-from polytask.train.baselines import baseline_dir, train_baselines
+from polytask.train.baselines import baseline_dir
+from polytask.train.trainer import train_baselines
 from tests.conftest import tabular_config
 
 runner = CliRunner()

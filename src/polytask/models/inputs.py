@@ -50,9 +50,9 @@ def cached_tensors(kind: str, key: str, compute: Any) -> Encoded:
 
 
 def collate(encoded: Encoded, indices: Tensor) -> Encoded:
-    """The rows `indices` of every tensor; padded token tensors are trimmed to the batch's
-    longest sequence."""
-    batch = {k: v[indices] for k, v in encoded.items()}
+    """The rows `indices` (a 1-D long tensor) of every tensor; padded token tensors are
+    trimmed to the batch's longest sequence."""
+    batch = {k: v.index_select(0, indices) for k, v in encoded.items()}
     if "attention_mask" in batch:
         length = int(batch["attention_mask"].sum(dim=1).max().clamp(min=1))
         batch = {k: v[:, :length] if k in SEQUENCE_KEYS else v for k, v in batch.items()}

@@ -413,10 +413,15 @@ def align_token_labels(word_labels: Tensor, word_index: Tensor) -> Tensor:
 
 @dataclass
 class SplitData:
-    """One split of one source: encoded inputs and each reading task's labels."""
+    """One split of one source: encoded inputs and each reading task's labels, made
+    contiguous once here (batches gather rows out of them at every step)."""
 
     inputs: Encoded
     labels: dict[str, Tensor]
+
+    def __post_init__(self) -> None:
+        self.inputs = {k: v.contiguous() for k, v in self.inputs.items()}
+        self.labels = {k: v.contiguous() for k, v in self.labels.items()}
 
     @property
     def size(self) -> int:
@@ -504,7 +509,8 @@ class BatchStream:
                 epoch, position = epoch + 1, 0
         self.position[source] = (epoch, position)
         start = self.rank * batch_size
-        return torch.cat(parts)[start : start + batch_size]
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return rows[start : start + batch_size]
 
     def next_batch(self, tasks: Sequence[str]) -> dict[str, tuple[Encoded, Tensor]]:
         """`{task: (inputs, labels)}` for the tasks of one step."""
@@ -514,7 +520,8 @@ class BatchStream:
             indices = self._indices(source)
             inputs = collate(split.inputs, indices)
             for name in names:
-                batch[name] = (inputs, trim_labels(split.labels[name][indices], inputs))
+                labels = split.labels[name].index_select(0, indices)
+                batch[name] = (inputs, trim_labels(labels, inputs))
         return batch
 
     def state_dict(self) -> dict[str, Any]:

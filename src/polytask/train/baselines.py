@@ -5,7 +5,8 @@ spec, the content of its data, the backbone, the training settings, seed and spl
 not by the multi-task choices (sampler, balancer, architecture), so every multi-task run of
 the same tasks, data and settings reuses it, and an edited data file gets a new baseline.
 It is trained with hard sharing, every-task sampling (of one task) and equal weighting, i.e.
-plain single-task fine-tuning of backbone + head.
+plain single-task fine-tuning of backbone + head. `polytask.train.trainer.train_baselines`
+trains the missing ones (this module knows their keys and cache, not the Trainer).
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from polytask.config import MethodConfig, RunConfig
 from polytask.files import inside
 from polytask.models.inputs import content_hash
 from polytask.pipeline import resolve
 from polytask.tasks.fingerprint import data_fingerprint
 from polytask.tasks.spec import DataSpec
-from polytask.train.trainer import Trainer
 
 #: Train settings that change what a run shows or where it logs, not what it learns.
 _NOT_IN_KEY = {"progress", "callbacks", "threads"}
@@ -70,20 +68,3 @@ def cached_baselines(config: RunConfig) -> dict[str, float | None]:
                              if path.exists() else None)
     return values
 
-
-def train_baselines(config: RunConfig, console: Console | None = None,
-                    ) -> dict[str, float | None]:
-    """Train every missing baseline (resuming an interrupted one) and return all values."""
-    console = console or Console(stderr=True)
-    for task, value in cached_baselines(config).items():
-        if value is not None:
-            console.print(f"baseline {task}: cached")
-            continue
-        directory = baseline_dir(config, task)
-        console.print(f"baseline {task}: training alone -> {directory}")
-        # resume: from the newest checkpoint, or from step 0 in a run folder whose attempt
-        # crashed before its first one (a folder that is not a run is refused, not deleted).
-        # The folder is keyed by what defines the baseline, so the config is not compared.
-        Trainer(single_task_config(config, task), directory, resume=directory.exists(),
-                console=console, compare_config=False).fit()
-    return cached_baselines(config)

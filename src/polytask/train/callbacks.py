@@ -48,6 +48,7 @@ from rich.text import Text
 from torch import Tensor
 
 from polytask.balance import BalanceResult
+from polytask.files import atomic_write_text
 from polytask.models.inputs import Encoded
 from polytask.models.model import ModelOutput, MultiTaskModel
 from polytask.models.sharing import SharingArchitecture
@@ -205,7 +206,7 @@ class MetricsLog:
         self.handle.close()
         kept = [line for line in self.path.read_text().splitlines()
                 if _complete(line) and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         self.handle = self.path.open("a")
 
     def close(self) -> None:
@@ -244,7 +245,12 @@ class ProgressDisplay:
     """Training progress, silent when disabled. On a terminal: a rich bar (step, M/N, ETA)
     with the latest per-task losses on the line below it. Otherwise (output to a file or a
     pipe): one plain line every `every` steps and at the last step, e.g.
-    `step 40/300 (13%) · 2.1 it/s · ETA 0:02:04 · loss income 0.412 never_married 0.388`."""
+    `step 40/300 (13%) · 2.1 it/s · ETA 0:02:04 · loss income 0.412 never_married 0.388`.
+    The bar's step count is handed over at most every `REDRAW` seconds (and with new
+    losses, and at the end): a step costs no more than the bar can show."""
+
+    #: The bar redraws ten times a second; moving its count more often is wasted work.
+    REDRAW = 0.1
 
     def __init__(self, total: int, start: int, enabled: bool, console: Console,
                  every: int = 10) -> None:
@@ -254,6 +260,7 @@ class ProgressDisplay:
         self.terminal = console.is_terminal
         self.losses: Mapping[str, float] = {}
         self.started = time.perf_counter()
+        self._step, self._handed_over = start, 0.0  # the bar's latest step, and when given
         self.progress = _BarWithLosses(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console, transient=False, disable=not (enabled and self.terminal),
@@ -267,14 +274,28 @@ class ProgressDisplay:
 
     def update(self, step: int, losses: Mapping[str, float]) -> None:
         """Advance to `step`; show `losses` when given (the last ones shown stay)."""
+        if not self.enabled:
+            return
         if losses:
             self.losses = dict(losses)
+        if self.terminal:
+            self._move_bar(step, losses)
+        elif step % self.every == 0 or step == self.total:
+            self.console.print(self.line(step), soft_wrap=True, markup=False, highlight=False)
+            self.console.file.flush()
+
+    def _move_bar(self, step: int, losses: Mapping[str, float]) -> None:
+        """Hand `step` (and `losses`) to the bar, unless it was given one under `REDRAW`
+        seconds ago and there is nothing new to show."""
+        self._step = step
+        now = time.perf_counter()
+        if not losses and step != self.total and now - self._handed_over < self.REDRAW:
+            return
+        self._handed_over = now
+        if losses:
             self.progress.losses = Text(f"loss {_loss_text(losses)}", no_wrap=True,
                                         overflow="ellipsis", style="dim")
         self.progress.update(self.task, completed=step)
-        if self.enabled and not self.terminal and (step % self.every == 0 or step == self.total):
-            self.console.print(self.line(step), soft_wrap=True, markup=False, highlight=False)
-            self.console.file.flush()
 
     def line(self, step: int) -> str:
         """The plain progress line printed when output is not a terminal."""
@@ -288,6 +309,8 @@ class ProgressDisplay:
         return " · ".join(parts)
 
     def __exit__(self, *exc: object) -> None:
+        if self.enabled and self.terminal:
+            self.progress.update(self.task, completed=self._step)  # a step held back
         self.progress.stop()
 
 

@@ -35,6 +35,7 @@ from polytask.train import (
     loggers,  # noqa: F401  (registers the built-in callbacks)
 )
 from polytask.train import run_dir as run_dir_guard
+from polytask.train.baselines import baseline_dir, cached_baselines, single_task_config
 from polytask.train.callbacks import (
     CALLBACKS,
     ArchitectureSchedule,
@@ -358,19 +359,35 @@ class Trainer:
     def _forward(self, batch: Mapping[str, tuple[Encoded, Tensor]]
                  ) -> tuple[dict[str, Tensor], ModelOutput]:
         """Each task's loss on `batch`, and the model's output."""
-        inputs: dict[int, Encoded] = {}
-        by_task = {}
-        for task, (encoded, _) in batch.items():  # move each shared input to device once
-            key = id(encoded)
-            if key not in inputs:
-                inputs[key] = {k: v.to(self.device) for k, v in encoded.items()}
-            by_task[task] = inputs[key]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.config.train.precision == "bf16"):
+        on_cpu = self.device.type == "cpu"  # batches are made there: nothing to move
+        by_task = ({t: encoded for t, (encoded, _) in batch.items()} if on_cpu
+                   else self._inputs_on_device(batch))
+        kinds = self.data.kinds
+        with self._autocast():
             output = self.model(by_task)
-            return {t: self.data.kinds[t].loss(output.outputs[t].float(),
-                                               batch[t][1].to(self.device))
-                    for t in batch}, output
+            return {t: kinds[t].training_loss(output.outputs[t].float(),
+                                              labels if on_cpu else labels.to(self.device))
+                    for t, (_, labels) in batch.items()}, output
+
+    def _inputs_on_device(self, batch: Mapping[str, tuple[Encoded, Tensor]]
+                          ) -> dict[str, Encoded]:
+        """Each task's inputs on the device; tasks that share an input keep sharing one
+        object (moved once, and one backbone pass)."""
+        moved: dict[int, Encoded] = {}
+        by_task = {}
+        for task, (encoded, _) in batch.items():
+            key = id(encoded)
+            if key not in moved:
+                moved[key] = {k: v.to(self.device) for k, v in encoded.items()}
+            by_task[task] = moved[key]
+        return by_task
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast when `train.precision` says bf16; otherwise no context at all
+        (entering a disabled autocast costs ~15 µs a step)."""
+        if self.config.train.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _record(self, record: dict[str, Any]) -> None:
         self.log.write(record)
@@ -477,14 +494,17 @@ class Trainer:
         (shared parameters balanced, task-specific ones from their own task). Returns the
         engine's `BalanceResult` (the task weights applied; on logging steps, the Gramian of
         the task gradients for methods that see them)."""
-        accum = self.config.train.grad_accum
-        scaled = {t: v / accum for t, v in losses.items()}
-        self.balancer.set_closure(
-            lambda: {t: v / accum for t, v in self._forward(batch)[0].items()})
+        self.balancer.set_closure(lambda: self._scaled(self._forward(batch)[0]))
         return balance.backward(
-            scaled, self.shared_params, self.balancer,
+            self._scaled(losses), self.shared_params, self.balancer,
             features=output.features if self.balancer.supports_features else None,
             task_params=self._params_of(tuple(losses)), gramian=logging)
+
+    def _scaled(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`losses` / `train.grad_accum` (as they are without accumulation: dividing by 1
+        changes no bit, and would cost two kernels per task)."""
+        accum = self.config.train.grad_accum
+        return losses if accum == 1 else {t: v / accum for t, v in losses.items()}
 
     def _log_micro_batch(self, logged: dict[str, float], loss_sums: dict[str, list[Tensor]],
                          losses: Mapping[str, Tensor], result: BalanceResult) -> None:
@@ -592,8 +612,6 @@ class Trainer:
         """The single-task baselines `config.baselines` asks for: `auto` trains missing ones
         (every process takes part, as in training), `cached` reads recorded ones, `none`
         skips them. A baseline's own config says `none`, so this never recurses."""
-        from polytask.train.baselines import cached_baselines, train_baselines
-
         if self.config.baselines == "auto":
             return train_baselines(self.config, self.console)
         if self.config.baselines == "cached":
@@ -675,3 +693,24 @@ class Trainer:
             self.console.print(f"stopped by a callback at step {self.step}", highlight=False)
             stopped_early = True
         return step_times, stopped_early
+
+
+def train_baselines(config: RunConfig, console: Console | None = None,
+                    ) -> dict[str, float | None]:
+    """Train every missing single-task baseline of `config` (resuming an interrupted one)
+    and return all values. Their keys and cache are `polytask.train.baselines`'; the
+    training is here, beside the Trainer that does it (and that calls this for
+    `baselines: auto`), so that neither module imports the other in a cycle."""
+    console = console or Console(stderr=True)
+    for task, value in cached_baselines(config).items():
+        if value is not None:
+            console.print(f"baseline {task}: cached")
+            continue
+        directory = baseline_dir(config, task)
+        console.print(f"baseline {task}: training alone -> {directory}")
+        # resume: from the newest checkpoint, or from step 0 in a run folder whose attempt
+        # crashed before its first one (a folder that is not a run is refused, not deleted).
+        # The folder is keyed by what defines the baseline, so the config is not compared.
+        Trainer(single_task_config(config, task), directory, resume=directory.exists(),
+                console=console, compare_config=False).fit()
+    return cached_baselines(config)
