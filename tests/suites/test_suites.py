@@ -58,7 +58,7 @@ def test_registry_lists_suites_with_citations() -> None:
 
 
 def test_unknown_suite_names_valid_ones() -> None:
-    with pytest.raises(UnknownMethodError, match="Valid choices: census, text, yeast"):
+    with pytest.raises(UnknownMethodError, match="Valid choices: census, planted, text, yeast"):
         load_suite("cencus")
 
 

@@ -131,9 +131,10 @@ def _pm(entry: Mapping[str, Any], digits: int = 4, signed: bool = False) -> str:
 
 
 def leaderboard_rows(board: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the leaderboard table (shared by the Markdown, HTML and CLI)."""
+    """Header and rows of the leaderboard table (shared by the Markdown, HTML and CLI). The
+    second column is headed `board["row_label"]` when set (e.g. "strategy"), else balancer."""
     tasks = board["tasks"]
-    header = ["#", "balancer", "architecture",
+    header = ["#", board.get("row_label", "balancer"), "architecture",
               *[f"{t} {i['metric']} {'↑' if i['higher_is_better'] else '↓'}"
                 for t, i in tasks.items()],
               "Δm% ↑", "MR ↓", "wall s", f"step ÷ {board.get('reference', 'ew')}"]

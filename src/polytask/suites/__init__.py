@@ -6,7 +6,9 @@
     ['income', 'never_married', 'hours_per_week']
 
 Suites: ``text`` (3 text tasks, one dataset each, MiniLM-L6), ``census`` (UCI Adult, 3
-targets on one table, MLP), ``yeast`` (14 binary tasks on one table, MLP). Each is one file in
+targets on one table, MLP), ``yeast`` (14 binary tasks on one table, MLP), ``planted``
+(synthetic tasks in known groups, generated in memory; its `Suite.true_groups` records the
+partition, for checking task-affinity methods). Each is one file in
 this folder that registers a loader in `SUITES`. Splits are carved with a fixed seed (0);
 loads are cached in process and on disk under ``$POLYTASK_CACHE/suites`` (default
 ``~/.cache/polytask/suites``). A missing data package raises `polytask.errors.DataError`

@@ -52,6 +52,8 @@ class Suite:
         backbone: the backbone the suite is meant for.
         recommended: training settings that work on a laptop CPU (max_steps, batch_size, lr,
             ...); a starting point, not tuned results.
+        true_groups: the tasks' known grouping (a partition of the task names), for a
+            synthetic suite that plants one (`planted`); None for real data.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Suite:
     data: Splits | None
     backbone: BackboneSpec
     recommended: dict[str, Any] = field(default_factory=dict)
+    true_groups: list[list[str]] | None = None
 
     def task(self, name: str) -> Task:
         """The task called `name`."""
