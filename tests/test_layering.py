@@ -28,9 +28,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("polytask.method_options", "polytask.config"),  # the run config, validated by name
     ("polytask.pipeline",),  # a config resolved into data, kinds and a model
     ("polytask.train",),  # the trainer, checkpoints, distributed, callbacks, baselines
+    ("polytask.affinity",),  # task affinity from short joint runs, and the grouping search
     # entry points: the public API, the CLI and what only they use
-    ("polytask.inference", "polytask.methods", "polytask.bench", "polytask.cli",
-     "polytask.__main__", "polytask"),
+    ("polytask.inference", "polytask.methods", "polytask.bench", "polytask.merge",
+     "polytask.export", "polytask.cli", "polytask.__main__", "polytask"),
 ]
 
 #: Third-party packages a function may import: optional extras, or packages that take over
@@ -52,9 +53,8 @@ LAZY_POLYTASK = {
     # evaluate.plots imports matplotlib (~1.8 s); a report is the only thing that draws.
     ("polytask.evaluate.report", "polytask.evaluate.plots"),
     ("polytask.evaluate.report", "polytask.evaluate"),  # `from polytask.evaluate import plots`
-    # baselines build a Trainer; the Trainer trains missing baselines (one layer, a cycle
-    # until the trainer's baseline step moves out of it)
-    ("polytask.train.trainer", "polytask.train.baselines"),
+    # the affinity report imports matplotlib and scipy.cluster; only report.html draws
+    ("polytask.affinity.run", "polytask.affinity._report"),
 }
 
 

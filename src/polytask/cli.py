@@ -18,18 +18,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from polytask import __version__
-from polytask.bench import bench_config, run_bench
+from polytask.affinity.run import method_options, run_affinity, sources_table, summary_table
+from polytask.bench import bench_config, grouping_change_table, run_bench, run_grouping_bench
 from polytask.config import load_config
 from polytask.errors import DataError, PolytaskError
 from polytask.evaluate.leaderboard import leaderboard_rows
 from polytask.evaluate.report import write_report
 from polytask.evaluate.table import print_results
+from polytask.export import export_run
 from polytask.inference import evaluate_run, load
+from polytask.merge.regime import leaderboard_table, parse_options, run_merge
 from polytask.methods import all_methods, method_record
 from polytask.process import is_main_process
 from polytask.tasks.data import read_rows
-from polytask.train.baselines import train_baselines
-from polytask.train.trainer import Trainer
+from polytask.train.trainer import Trainer, train_baselines
 
 app = typer.Typer(
     help="polytask: train one model on many tasks, measure it against single-task baselines.\n\n"
@@ -40,6 +42,10 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML); see examples/.")]
+#: The commands registered with `_command(hugging_face=False)`: they never load Hugging Face
+#: datasets or models, so the global options leave those libraries unimported.
+_LIGHT_COMMANDS: set[str] = set()
+
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config value: --set train.lr=3e-4 --set balancer=pcgrad "
     "(repeatable; values are YAML).")]
@@ -47,7 +53,9 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 def _third_party_output(verbose: bool) -> None:
     """The progress bars and info logs of datasets, transformers and the Hugging Face hub:
-    shown with --verbose, silenced otherwise (polytask shows its own progress)."""
+    shown with --verbose, silenced otherwise (polytask shows its own progress). Imported
+    here, before the commands that may load them (not those in `_LIGHT_COMMANDS`): together
+    they take over a second to import, which `--help`, `methods` and `report` do not pay."""
     import datasets
     import transformers.utils.logging as transformers_logging
 
@@ -71,6 +79,7 @@ def _print_version(requested: bool) -> None:
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also show the progress bars and logs of datasets, "
         "transformers and the Hugging Face hub (silenced by default).")] = False,
@@ -79,7 +88,8 @@ def _global_options(
         help="Print the installed polytask version and exit.")] = False,
 ) -> None:
     del version  # handled by its callback before any command runs
-    _third_party_output(verbose)
+    if ctx.invoked_subcommand not in _LIGHT_COMMANDS:
+        _third_party_output(verbose)
     warnings.showwarning = _show_warning
 
 
@@ -123,9 +133,18 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def _command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """`app.command`, with errors reported as messages (see `_reported`)."""
-    return lambda function: app.command(*args, **kwargs)(_reported(function))
+def _command(*args: Any, hugging_face: bool = True,
+             **kwargs: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """`app.command`, with errors reported as messages (see `_reported`). `hugging_face`:
+    the command may load Hugging Face datasets or models (a text backbone), whose progress
+    bars and logs are set first; False for commands that never do, which then start fast."""
+
+    def register(function: Callable[..., None]) -> Callable[..., None]:
+        if not hugging_face:
+            _LIGHT_COMMANDS.add(args[0] if args else function.__name__.replace("_", "-"))
+        return app.command(*args, **kwargs)(_reported(function))
+
+    return register
 
 
 @_command()
@@ -214,7 +233,7 @@ def predict(
         sys.stdout.write(json.dumps({"row": index, **ids, **values}) + "\n")
 
 
-@_command()
+@_command(hugging_face=False)
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List every registered sampler, balancer, architecture and task kind with its paper."""
     infos = all_methods()
@@ -244,20 +263,37 @@ def bench(
                                                  "runs/bench/<suite or config stem>.")] = None,
     set_: SetOpt = None,
     report: Annotated[bool, typer.Option(help="Write report.html for the bench.")] = True,
+    grouping: Annotated[Path | None, typer.Option(
+        help="A groups.json from `polytask affinity`: instead of the grid, train each group "
+        "(one run per group per seed, the config's balancer and architecture), all tasks "
+        "together and single-task, and compare them in one leaderboard.")] = None,
+    grouping_method: Annotated[str | None, typer.Option(
+        help="With --grouping: the affinity method(s) whose groups to train, comma-separated "
+        "(default: every method in the file).")] = None,
+    groups: Annotated[int | None, typer.Option(
+        help="With --grouping: the number of groups k (default: the largest k in the "
+        "file).")] = None,
 ) -> None:
     """Run a balancer x architecture x seed grid; write leaderboard.json/.md and a report.
 
     Finished cells are skipped and interrupted ones resume, so re-running continues the
     bench. Single-task baselines are reused from the cache (trained first when missing).
+    With --grouping groups.json, the rows are strategies instead: the chosen groups, all
+    tasks together, and single-task (Δm% and per-task change against single-task).
     """
     base = bench_config(suite_or_config, steps, set_ or [])
     stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
         else suite_or_config
-    target = out_dir or Path("runs") / "bench" / stem
+    target = out_dir or Path("runs") / "bench" / (f"{stem}-grouping" if grouping else stem)
     command = "polytask " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if sys.argv[1:2] == ["bench"] else None
-    outcome = run_bench(base, balancers, architectures, seeds, target, console=err,
-                        source=suite_or_config, command=command, report=report)
+    if grouping is not None:
+        outcome = run_grouping_bench(base, grouping, grouping_method, groups, seeds, target,
+                                     console=err, source=suite_or_config, command=command,
+                                     report=report)
+    else:
+        outcome = run_bench(base, balancers, architectures, seeds, target, console=err,
+                            source=suite_or_config, command=command, report=report)
     header, rows = leaderboard_rows(outcome.leaderboard)
     if not out.is_terminal:  # piped: the Markdown table, unwrapped
         sys.stdout.write((target / "leaderboard.md").read_text() + "\n")
@@ -271,13 +307,15 @@ def bench(
     for row in rows:
         table.add_row(*row)
     out.print(table)
+    if grouping is not None:
+        out.print(grouping_change_table(outcome.leaderboard))
     out.print("Δm%: positive = better than single-task (papers such as Nash-MTL print the "
               "negation). MR: mean rank over tasks, 1 = best.")
     for path in outcome.files.values():
         out.print(f"wrote {path}")
 
 
-@_command()
+@_command(hugging_face=False)
 def report(
     run_or_bench_dir: Annotated[Path, typer.Argument(help="A run directory (polytask train) "
                                                      "or a bench directory (polytask bench).")],
@@ -285,6 +323,113 @@ def report(
     """Write a self-contained report.html (figures embedded) and its PNGs into the directory."""
     path = write_report(run_or_bench_dir)
     out.print(f"wrote {path}")
+
+
+@_command()
+def merge(
+    config: ConfigArg,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma-separated merging methods (default: every one; `polytask methods` lists "
+        "them).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Output folder; default runs/merge/<config name or file stem>.")] = None,
+    inputs: Annotated[str, typer.Option(
+        help="Split whose unlabelled inputs adamerging and surgery learn from: validation, "
+        "or test (as their papers do; the leaderboard labels those rows).")] = "validation",
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Fix a method's hyperparameter instead of searching it: "
+        "--option adamerging.steps=50 (repeatable; values are YAML).")] = None,
+    references: Annotated[bool, typer.Option(
+        help="Also train the `mix` (joint training) and `frozen` (frozen backbone) "
+        "reference rows.")] = True,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune one expert per task (the single-task baselines, cached), merge their
+    backbones with each method, and compare with joint training.
+
+    Each task keeps its own expert's head. Hyperparameters are chosen on the validation split
+    from each method's small grid, then the chosen merge is scored on test and written as a
+    run directory (OUT/merged/<method>) that eval, predict, report and export accept. Prints
+    the leaderboard (experts, each method, mix, frozen; Δm% against the experts) and writes
+    results.json, leaderboard.md/json and report.html into OUT.
+    """
+    cfg = load_config(config, set_ or [])
+    target = out_dir or Path("runs") / "merge" / (cfg.name or config.stem)
+    outcome = run_merge(cfg, methods, target, inputs, console=err, references=references,
+                        options=parse_options(option or []))
+    out.print(leaderboard_table(outcome.results))
+    out.print(outcome.results["leaderboard"]["note"], highlight=False)
+    for path in outcome.files.values():
+        out.print(f"wrote {path}")
+
+
+@_command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (trained, merged "
+                                            "or a baseline).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="A new (or empty) folder to write.")],
+    task: Annotated[str | None, typer.Option(help="Export this task only.")] = None,
+    format_: Annotated[str, typer.Option(
+        "--format", help="hf: one folder per task that transformers loads without polytask; "
+        "polytask: one multi-head folder for polytask.load.")] = "hf",
+) -> None:
+    """Export a run's model: per task for Hugging Face transformers, or as one polytask model.
+
+    hf needs a Hugging Face backbone on hard sharing with one linear layer per head; a token
+    task becomes an AutoModelForTokenClassification, a sentence-level task the encoder plus
+    its head in safetensors with the loader in README.md. Every export is checked to give
+    polytask's outputs (to 1e-5) before it is written; each folder has a model card."""
+    for path in export_run(run_dir, out_dir, task, format_):
+        out.print(f"wrote {path}")
+
+
+@_command()
+def affinity(
+    suite_or_config: Annotated[str, typer.Argument(
+        help="A built-in suite (planted, yeast, census, ...) or a run config (YAML).")],
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated affinity methods: grad_cosine, tag, taskweb, data_map "
+        "(`polytask methods` lists them with their papers).")] = "grad_cosine,tag",
+    groups: Annotated[int, typer.Option(
+        help="Search the best partition into k = 1..GROUPS groups.")] = 3,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Output folder; default affinity/<suite or config stem>.")] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Also rank the other tasks as source (auxiliary) tasks for this task; writes "
+        "sources-TARGET.json.")] = None,
+    overlap: Annotated[bool, typer.Option(
+        help="Let a task sit in several groups, each task served by its best group (TAG's "
+        "selection) instead of exactly one group each.")] = False,
+    steps: Annotated[int | None, typer.Option(
+        help="train.max_steps of the measuring runs (default: the config's).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="A method option: --option tag.every=10 --option "
+        "taskweb.mode=joint (repeatable; values are YAML).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Which tasks help each other: measure inter-task affinity, choose groups, rank sources.
+
+    Each method measures a T x T matrix (row = source task, column = target; higher = better
+    together) from short training runs of the config; the best partition into 1..GROUPS
+    groups maximises the total within-group affinity (exact search up to 12 tasks). Writes
+    into OUT: affinity.json, groups.json (with the adjusted Rand index when the suite plants
+    its groups), configs/<method>-k<k>-group<i>.yaml (ready for `polytask train`) and
+    report.html. Validate a grouping with `polytask bench CONFIG --grouping OUT/groups.json`.
+
+    Example: polytask affinity planted --methods grad_cosine,tag --groups 3
+    """
+    base = bench_config(suite_or_config, steps, set_ or [])
+    stem = Path(suite_or_config).stem if suite_or_config.endswith((".yaml", ".yml")) \
+        else suite_or_config
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    outcome = run_affinity(base, names, groups, out_dir or Path("affinity") / stem, name=stem,
+                           options=method_options(option or [], names), overlap=overlap,
+                           target=target, console=err)
+    out.print(summary_table(outcome, groups))
+    if outcome.target is not None:
+        out.print(sources_table(outcome))
+    for path in outcome.files.values():
+        out.print(f"wrote {path}")
 
 
 def main() -> None:

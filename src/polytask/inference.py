@@ -18,6 +18,7 @@ from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
 from polytask.evaluate.evaluation import evaluate
 from polytask.files import read_yaml
+from polytask.merge.merged_run import MERGE_KEY, restore_heads
 from polytask.models.backbones import build_tabular, build_text
 from polytask.models.inputs import TabularInputs, TextInputs, collate
 from polytask.models.model import MultiTaskModel
@@ -34,6 +35,14 @@ def _model_dir(run_dir: Path) -> Path:
     if not (directory / "model.safetensors").exists():
         raise ConfigError(f"{run_dir} has no model/model.safetensors: is it a finished run?")
     return directory
+
+
+def _load_weights(model: MultiTaskModel, directory: Path, weights: dict[str, Tensor]) -> None:
+    """Load a run's weights; a merged run (meta.json's `merge` record) first gets back the
+    head structure it was saved with (`polytask.merge.merged_run.restore_heads`)."""
+    meta = json.loads((directory / "meta.json").read_text())
+    restore_heads(model, meta.get(MERGE_KEY, {}), weights)
+    model.load_state_dict(weights)
 
 
 def _recorded_sources(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -87,7 +96,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", allow_data_change: bo
     after = data_changes(recorded, data.record["sources"]) if recorded else []  # + rows
     _check_data(run_dir, before + [c for c in after if c not in before], allow_data_change,
                 console)
-    model.load_state_dict(weights)
+    _load_weights(model, run_dir / "model", weights)
     return evaluate(model, data, split, config.train.eval_batch_size, torch.device("cpu"))
 
 
@@ -192,6 +201,8 @@ def load(run_dir: str | Path) -> LoadedRun:
     for name, state in meta["kinds"].items():
         kinds[name].load_state(state)
     spec = BackboneSpec.model_validate(meta["backbone"])
+    if spec.name and (directory / spec.name).is_dir():  # an export's own copy of the encoder
+        spec = spec.model_copy(update={"name": str(directory / spec.name)})
     encoder: TextInputs | TabularInputs
     if spec.type == "hf":
         backbone, encoder = build_text(spec)
@@ -201,7 +212,7 @@ def load(run_dir: str | Path) -> LoadedRun:
         backbone = build_tabular(spec, encoder)
     settings = ModelConfig.model_validate(meta["config"]["model"])
     model = build_model(settings, tasks, kinds, backbone)
-    model.load_state_dict(load_weights_file(directory / "model.safetensors"))
+    _load_weights(model, directory, load_weights_file(directory / "model.safetensors"))
     return LoadedRun(model, {t.name: t for t in tasks}, kinds, encoder)
 
 

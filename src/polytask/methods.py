@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from polytask.affinity import AFFINITY
 from polytask.balance import BALANCERS
+from polytask.merge import MERGERS
 from polytask.method_options import METHOD_FIELDS, method_options
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import MethodInfo
@@ -17,7 +19,8 @@ from polytask.train.callbacks import CALLBACKS
 
 def all_methods() -> list[MethodInfo]:
     return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *TASK_KINDS.info(),
-            *CALLBACKS.info()]
+            *CALLBACKS.info(), *MERGERS.info(),
+            *AFFINITY.info()]
 
 
 def method_record(info: MethodInfo) -> dict[str, Any]:

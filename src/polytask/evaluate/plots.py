@@ -324,3 +324,80 @@ def cost_figure(board: Mapping[str, Any]) -> Figure | None:
     _legend_by_architecture(axis, methods)
     figure.suptitle("Gain vs cost")
     return figure
+
+
+def _sweep_axis(points: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]] | None:
+    """The one hyperparameter that varies over a sweep, when it is numeric (a λ-sweep)."""
+    keys = [k for k in points[0]["hyperparameters"]
+            if len({repr(p["hyperparameters"][k]) for p in points}) > 1]
+    values = [p["hyperparameters"][k] for p in points for k in keys]
+    if len(keys) != 1 or not all(isinstance(v, int | float) for v in values):
+        return None
+    return keys[0], values
+
+
+def merge_sweep_figure(results: Mapping[str, Any]) -> Figure | None:
+    """One panel per merging method with more than one grid point: the validation relative
+    change against the experts of every task (thin) and their mean (bold, the selection
+    score) at each point; a line over the hyperparameter when only one numeric one varies
+    (task_arithmetic's λ), else one tick per point. The chosen point is starred."""
+    sweeps = {m: s for m, s in (results.get("sweeps") or {}).items() if len(s) > 1}
+    reference = results.get("experts_validation") or {}
+    if not sweeps:
+        return None
+    figure = _figure(*_grid_size(len(sweeps), columns=3, cell=(4.2, 3.2)))
+    for axis, (method, points) in zip(_grid(figure, len(sweeps), 3), sweeps.items(),
+                                      strict=True):
+        found = _sweep_axis(points)
+        if found is None:
+            xs: list[Any] = list(range(len(points)))
+            axis.set_xticks(xs)
+            axis.set_xticklabels([", ".join(f"{k}={v}" for k, v in p["hyperparameters"].items())
+                                  for p in points], rotation=40, ha="right", fontsize=7)
+        else:
+            axis.set_xlabel(found[0])
+            xs = found[1]
+        for i, task in enumerate(reference):
+            info = (results.get("tasks") or {}).get(task, {})
+            sign = 1 if info.get("higher_is_better", True) else -1
+            base = reference[task]
+            changes = [sign * 100 * (p["validation"][task] - base) / abs(base) if base else 0.0
+                       for p in points]
+            axis.plot(xs, changes, marker=".", linewidth=1, alpha=0.7,
+                      color=COLOURS[(i + 1) % len(COLOURS)], label=task)
+        scores = [p["score"] for p in points]
+        axis.plot(xs, scores, marker="o", linewidth=2.2, color=COLOURS[7], label="mean")
+        best = int(np.argmax(scores))
+        axis.plot([xs[best]], [scores[best]], marker="*", markersize=13, color=COLOURS[1],
+                  linestyle="none", label="chosen")
+        axis.axhline(0, color="black", linewidth=0.8, linestyle="--")
+        axis.set_title(method, fontsize=10)
+        axis.set_ylabel("validation Δ% vs experts")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+    figure.suptitle("Validation relative change against the experts over each method's grid")
+    return figure
+
+
+def task_vector_cosine_figure(results: Mapping[str, Any]) -> Figure | None:
+    """Heatmap of the pairwise cosine of the task vectors (expert minus base)."""
+    cosine = results.get("task_vector_cosine") or {}
+    names = cosine.get("tasks") or []
+    if len(names) < 2:
+        return None
+    matrix = np.asarray(cosine["matrix"], dtype=float)
+    size = max(3.6, 0.6 * len(names) + 2.2)
+    figure = _figure(size + 1.0, size)
+    axis = figure.subplots()
+    image = axis.imshow(matrix, cmap="RdBu", vmin=-1, vmax=1)
+    axis.set_xticks(range(len(names)))
+    axis.set_yticks(range(len(names)))
+    axis.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticklabels(names, fontsize=8)
+    if len(names) <= 12:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axis.text(j, i, f"{matrix[i, j]:+.2f}", ha="center", va="center", fontsize=7)
+    figure.colorbar(image, ax=axis, shrink=0.8, label="cosine")
+    figure.suptitle("Pairwise cosine of the task vectors")
+    return figure

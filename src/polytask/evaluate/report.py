@@ -29,8 +29,8 @@ from polytask.errors import PolytaskError
 from polytask.evaluate.leaderboard import leaderboard_rows
 from polytask.files import atomic_write_bytes, atomic_write_text, read_yaml
 
-__all__ = ["FIGURE_TITLES", "read_records", "write_bench_report", "write_report",
-           "write_run_report"]
+__all__ = ["FIGURE_TITLES", "read_records", "write_bench_report", "write_merge_report",
+           "write_report", "write_run_report"]
 
 #: Figure key (also the PNG file stem) -> the title shown in the report.
 FIGURE_TITLES = {
@@ -42,6 +42,8 @@ FIGURE_TITLES = {
     "delta_m": "Δm% by method",
     "per_task": "Per-task test metric by method",
     "cost": "Δm% vs step time",
+    "merge_sweep": "Validation metric over each merging method's grid (λ-sweep)",
+    "task_vector_cosine": "Pairwise cosine of the task vectors",
 }
 
 STYLE = """
@@ -308,11 +310,41 @@ def write_bench_report(bench_dir: str | Path) -> Path:
     return page.write()
 
 
+# -- a merge ------------------------------------------------------------------------------
+def write_merge_report(merge_dir: str | Path) -> Path:
+    """Write `merge_dir/report.html` (and its PNGs) from the results.json of `polytask merge`:
+    the leaderboard (rows and header as the merge wrote them), the validation sweep of every
+    method's grid and the pairwise cosine of the task vectors."""
+    from polytask.evaluate import plots
+
+    merge_dir = Path(merge_dir)
+    results = _read_json(merge_dir / "results.json")
+    page = _Page(merge_dir, f"polytask merge · {results.get('name') or merge_dir.name}")
+    page.add(f"<h1>Merge · <code>{html.escape(str(results.get('name') or merge_dir.name))}"
+             "</code></h1>")
+    header, rows = results["leaderboard"]["header"], results["leaderboard"]["rows"]
+    references = [i for i, r in enumerate(results["rows"]) if r["kind"] != "merge"]
+    page.add("<h2>Leaderboard</h2>" + _table(header, rows, left=2, reference_rows=references))
+    page.add(f'<p class="note">{html.escape(results["leaderboard"]["note"])}</p>')
+    page.figure("merge_sweep", plots.merge_sweep_figure(results),
+                "Each method's validation Δ% against the experts at every point of its grid "
+                "(the chosen point is starred); a method with one hyperparameter, such as "
+                "task_arithmetic's λ (scale), is a line over it.",
+                "No method searched a grid.")
+    page.figure("task_vector_cosine", plots.task_vector_cosine_figure(results),
+                "Cosine similarity of the task vectors (expert minus base backbone, all "
+                "parameters flattened): near 0 = the experts moved in unrelated directions.")
+    return page.write()
+
+
 def write_report(directory: str | Path) -> Path:
-    """A bench report when `directory` holds leaderboard.json, else a run report."""
+    """A merge report when `directory` holds the results.json of `polytask merge`, a bench
+    report when it holds leaderboard.json, else a run report."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PolytaskError(f"{directory}: not a directory; pass a run or bench directory")
+    if (_read_json(directory / "results.json") or {}).get("regime") == "merge":
+        return write_merge_report(directory)
     if (directory / "leaderboard.json").exists():
         return write_bench_report(directory)
     return write_run_report(directory)
