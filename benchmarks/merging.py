@@ -138,12 +138,14 @@ def e2e(args: argparse.Namespace) -> None:
         "train": {"max_steps": args.steps, "batch_size": 16, "lr": 5e-5,
                   "eval_every": max(1, args.steps // 3), "progress": False, "callbacks": []},
         "baselines_dir": str(args.out / "baselines")})
-    outcome = run_merge(config, args.methods, args.out / "merge", rows=128,
-                        console=Console(stderr=True), options=E2E_OPTIONS)
+    chosen = None if args.methods is None else args.methods.split(",")
+    options = {m: o for m, o in E2E_OPTIONS.items() if chosen is None or m in chosen}
+    outcome = run_merge(config, chosen, args.out / "merge", rows=128,
+                        console=Console(stderr=True), options=options)
     print(leaderboard_markdown(outcome.results))
     print(f"text suite: {args.train_size} train / {args.eval_size} validation / "
           f"{args.eval_size} test rows per task; MiniLM-L6, max_length 64, {args.steps} steps, "
-          f"batch 16, lr 5e-5; fixed options {E2E_OPTIONS}; "
+          f"batch 16, lr 5e-5; fixed options {options}; "
           f"{time.perf_counter() - started:.0f}s in all")
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 from torch import nn
 
 import polytask
+from polytask.config import RunConfig
 from polytask.evaluate.report import write_report
 from polytask.inference import evaluate_run
-from polytask.merge.regime import MergeOutcome
+from polytask.merge.regime import MergeOutcome, run_merge
 
 ROWS = pd.DataFrame({"a": [2.0, -2.0, 0.1], "b": [2.0, -2.0, 0.1], "c": [2.5, -2.5, 0.0],
                      "d": [0.0, 0.0, 0.0]})
@@ -57,3 +59,24 @@ def test_report_works_on_a_merged_run_and_on_the_merge_folder(
     page = write_report(out).read_text()
     assert "Merge leaderboard" in page or "Leaderboard" in page
     assert 'id="merge_sweep"' in page and 'id="task_vector_cosine"' in page
+
+
+def test_a_per_task_zipit_merge_is_one_run_directory_per_task(
+        toy_config: RunConfig, toy_files: dict[str, Path]) -> None:
+    out = toy_files["folder"] / "merge-zipit"
+    outcome = run_merge(toy_config, ["zipit"], out, console=Console(quiet=True),
+                        references=False, options={"zipit": {"beta": 0.125}})
+    row = next(r for r in outcome.results["rows"] if r["name"] == "zipit")
+    assert row["run_dir"] == str(Path("merged") / "zipit")
+    assert "one run directory per task (backbone layers kept per task)" in row["notes"]
+    for task, labels in (("up", {"yes", "no"}), ("level", {"high", "middle", "low"})):
+        directory = out / "merged" / "zipit" / task
+        run = polytask.load(directory)
+        assert list(run.model.heads) == [task]
+        assert set(run.predict(ROWS)[task]) <= labels
+        recorded = json.loads((directory / "results.json").read_text())
+        assert list(recorded["tasks"]) == [task] and recorded["merge"]["method"] == "zipit"
+        entry = recorded["tasks"][task]
+        assert entry["value"] == pytest.approx(row["tasks"][task])
+        metrics = evaluate_run(directory)
+        assert metrics[task][entry["metric"]] == pytest.approx(entry["value"])

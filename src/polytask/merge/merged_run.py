@@ -15,26 +15,32 @@ head is `nn.Sequential(RepresentationSurgery, head)` (`surgery_heads`): their we
 `heads.<task>.0.*` (the surgery module) and `heads.<task>.1.*` (the expert's head), and
 `restore_heads` rebuilds that structure before the weights are loaded.
 
-A merge that keeps backbone layers per task (zipit's partial zipping, `zipit.<task>.*` keys)
-is not one backbone plus heads: it is evaluated task by task and not written as a run
-directory.
+A merge that keeps backbone layers per task (zipit's partial zipping, `zipit.<task>.*` keys;
+on the MLP backbone zipit always keeps the last layer per task) is not one backbone plus
+heads: it is evaluated task by task and written as one run directory per task,
+`OUT/merged/<method>/<task>/` (`write_task_runs`), each an ordinary single-task run: its
+config restricted to the task (`only: [task]`), that task's backbone
+(`polytask.merge.zipit.task_state`) and its expert's head, its own test metrics.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from polytask.config import RunConfig
 from polytask.merge.base import StateDict
 from polytask.merge.experts import Experts, evaluate_tasks, load_backbone
 from polytask.merge.surgery import wrap_heads
 from polytask.merge.zipit import is_per_task, task_state
 from polytask.models.model import MultiTaskModel
+from polytask.tasks.data import PreparedData
 from polytask.train import run_dir as run_dir_guard
 from polytask.train.results import save_model, write_json
 
@@ -66,7 +72,7 @@ def merged_model(experts: Experts, merged: Mapping[str, Tensor]) -> MultiTaskMod
 
 def is_single_model(merged: Mapping[str, Tensor]) -> bool:
     """False when `merged` keeps some backbone layers per task (zipit's partial zipping):
-    such a merge is evaluated task by task and is not written as a run directory."""
+    such a merge is evaluated task by task and written as one run directory per task."""
     return not is_per_task(split_surgery(merged)[0])
 
 
@@ -118,3 +124,37 @@ def write_merged_run(directory: Path, experts: Experts, model: MultiTaskModel,
     meta = json.loads(meta_path.read_text())
     write_json(meta_path, {**meta, MERGE_KEY: dict(record)})
     write_json(directory / "results.json", {**results, MERGE_KEY: dict(record)})
+
+
+#: Builds a merged run's results.json document from its config and data.
+ResultsOf = Callable[[RunConfig, PreparedData], dict[str, Any]]
+
+
+def task_data(data: PreparedData, task: str) -> PreparedData:
+    """`data` restricted to `task` and its source (as `only: [task]` would prepare it)."""
+    source = data.task_source[task]
+    return dataclasses.replace(
+        data, tasks=[t for t in data.tasks if t.name == task], kinds={task: data.kinds[task]},
+        task_source={task: source}, splits={source: data.splits[source]},
+        record={**data.record, "sources": {source: data.record["sources"][source]}})
+
+
+def task_model(experts: Experts, merged: Mapping[str, Tensor], task: str) -> MultiTaskModel:
+    """`task`'s single-task model of a per-task merge: its backbone (shared weights plus its
+    own `zipit.<task>.*` layers), its expert's head (behind its surgery module, if any)."""
+    backbone, surgery = split_surgery(merged)
+    model = merged_model(experts, {**task_state(backbone, task), **surgery})
+    return MultiTaskModel(model.backbone, {task: model.heads[task]}, model.architecture,
+                          {task: model.levels[task]})
+
+
+def write_task_runs(directory: Path, experts: Experts, merged: Mapping[str, Tensor],
+                    record: Mapping[str, Any], results_of: ResultsOf) -> None:
+    """Write a per-task merge as one single-task run directory per task,
+    `directory/<task>/` (see the module docstring)."""
+    for task in experts.tasks:
+        config = experts.config.model_copy(update={"only": [task]})
+        data = task_data(experts.data, task)
+        alone = dataclasses.replace(experts, config=config, data=data)
+        write_merged_run(directory / task, alone, task_model(experts, merged, task), record,
+                         results_of(config, data))

@@ -12,7 +12,8 @@ What one call does:
 2. per method, every point of the method's `grid` is merged and evaluated on the
    **validation** split; the point with the best mean relative change against the experts
    (on validation) is kept, and only that one is evaluated on **test** and written as a run
-   directory (`OUT/merged/<method>`, see `polytask.merge.merged_run`);
+   directory (`OUT/merged/<method>`, or one per task, `OUT/merged/<method>/<task>`, for a
+   merge that keeps backbone layers per task; see `polytask.merge.merged_run`);
 3. the references: `experts` (each task by its own expert, the upper reference), `mix` (joint
    multi-task training of the same config, `OUT/mix`, reused when present), `frozen` (the
    base backbone frozen, each task's head trained on its features, `OUT/frozen`);
@@ -62,8 +63,10 @@ from polytask.merge.merged_run import (
     merged_model,
     surgery_heads,
     write_merged_run,
+    write_task_runs,
 )
 from polytask.registry import UnknownMethodError
+from polytask.tasks.data import PreparedData
 from polytask.train import run_dir as run_dir_guard
 from polytask.train.results import build_results, write_json
 from polytask.train.trainer import Trainer
@@ -222,22 +225,25 @@ def merge_method(experts: Experts, name: str, out: Path, expert_validation: Mapp
               "inputs": inputs if unlabelled else None, "notes": chosen.notes,
               "experts": {t: str(d) for t, d in experts.dirs.items()},
               "surgery_heads": surgery_heads(chosen.state)}
-    results = build_results(experts.config, experts.data, test,
-                            {"validation": chosen.validation}, 0, experts_test, False,
-                            wall_time=chosen.seconds, step_time=None)
-    results["balancer"] = f"merge:{name}"
-    directory: Path | None = out / "merged" / name
+
+    def results_of(config: RunConfig, data: PreparedData) -> dict[str, Any]:
+        tasks = [t.name for t in data.tasks]
+        results = build_results(config, data, test,
+                                {"validation": {t: chosen.validation[t] for t in tasks}}, 0,
+                                experts_test, False, wall_time=chosen.seconds, step_time=None)
+        return {**results, "balancer": f"merge:{name}"}
+
+    directory = out / "merged" / name
     if is_single_model(chosen.state):
         write_merged_run(directory, experts, merged_model(experts, chosen.state), record,
-                         results)
+                         results_of(experts.config, experts.data))
     else:
-        directory = None
-        chosen.notes.append("keeps backbone layers per task (partial zipping): evaluated task "
-                            "by task, not written as a run directory")
+        write_task_runs(directory, experts, chosen.state, record, results_of)
+        chosen.notes.append("one run directory per task (backbone layers kept per task)")
     row = _row(name, "merge", primary(test, experts.data), experts_test, experts,
                chosen.seconds, hyperparameters=chosen.hyperparameters,
                inputs=record["inputs"], notes=chosen.notes,
-               run_dir=None if directory is None else str(directory.relative_to(out)))
+               run_dir=str(directory.relative_to(out)))
     return row, sweep
 
 
