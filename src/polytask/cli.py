@@ -235,7 +235,7 @@ def predict(
 
 @_command(hugging_face=False)
 def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List every registered sampler, balancer, architecture and task kind with its paper."""
+    """List every registered method, in every family, with its paper."""
     infos = all_methods()
     if as_json:
         sys.stdout.write(json.dumps([method_record(i) for i in infos], indent=1) + "\n")
@@ -344,8 +344,9 @@ def merge(
         "reference rows.")] = True,
     set_: SetOpt = None,
 ) -> None:
-    """Fine-tune one expert per task (the single-task baselines, cached), merge their
-    backbones with each method, and compare with joint training.
+    """Fine-tune an expert per task, merge their backbones by each method, compare with joint.
+
+    The experts are the single-task baselines (cached).
 
     Each task keeps its own expert's head. Hyperparameters are chosen on the validation split
     from each method's small grid, then the chosen merge is scored on test and written as a
