@@ -342,6 +342,10 @@ def merge(
     references: Annotated[bool, typer.Option(
         help="Also train the `mix` (joint training) and `frozen` (frozen backbone) "
         "reference rows.")] = True,
+    frozen_lr: Annotated[float, typer.Option(
+        help="Learning rate of the `frozen` reference's heads (a head on frozen features "
+        "learns at a far higher rate than fine-tuning; the other training settings are the "
+        "config's).")] = 1e-3,
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune an expert per task, merge their backbones by each method, compare with joint.
@@ -357,7 +361,7 @@ def merge(
     cfg = load_config(config, set_ or [])
     target = out_dir or Path("runs") / "merge" / (cfg.name or config.stem)
     outcome = run_merge(cfg, methods, target, inputs, console=err, references=references,
-                        options=parse_options(option or []))
+                        options=parse_options(option or []), frozen_lr=frozen_lr)
     out.print(leaderboard_table(outcome.results))
     out.print(outcome.results["leaderboard"]["note"], highlight=False)
     for path in outcome.files.values():

@@ -151,3 +151,19 @@ def test_the_cli_prints_the_leaderboard(toy_yaml: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["merge", str(path), "--methods", "averag", "--out",
                                    str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "Did you mean" in bad.output
+
+
+def test_the_frozen_reference_trains_its_heads_at_the_frozen_learning_rate(
+        toy_merge: tuple[MergeOutcome, Path], toy_config: RunConfig) -> None:
+    _, out = toy_merge
+    saved = load_config(out / "frozen" / "config.yaml")
+    assert saved.train.lr == regime.FROZEN_LR != toy_config.train.lr
+    assert saved.train.max_steps == toy_config.train.max_steps
+
+
+def test_a_frozen_learning_rate_that_is_not_positive_is_refused(
+        toy_config: RunConfig, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--frozen-lr"):
+        run_merge(toy_config, ["average"], tmp_path / "out", frozen_lr=0.0,
+                  console=Console(quiet=True))
+    assert not (tmp_path / "out").exists()

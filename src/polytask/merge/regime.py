@@ -268,11 +268,20 @@ def _trained_row(name: str, config: RunConfig, directory: Path, out: Path, exper
                 results.get("wall_time_s"), run_dir=str(directory.relative_to(out)))
 
 
-def frozen_run(config: RunConfig, experts: Experts) -> tuple[RunConfig, torch.nn.Module | None]:
+#: Learning rate of the `frozen` reference's heads: a head on frozen features (a linear probe)
+#: learns at a far higher rate than fine-tuning uses; at a fine-tuning rate such as 5e-5 its
+#: heads barely leave their initialisation and the reference says nothing.
+FROZEN_LR = 1e-3
+
+
+def frozen_run(config: RunConfig, experts: Experts, lr: float = FROZEN_LR
+               ) -> tuple[RunConfig, torch.nn.Module | None]:
     """The config (and, for the MLP, the frozen base module) of the `frozen` reference: the
-    base backbone frozen, each task's head trained on its features."""
+    base backbone frozen, each task's head trained on its features with learning rate `lr`
+    (the run's other training settings unchanged)."""
+    train = config.train.model_copy(update={"lr": lr})
     frozen = config.model_copy(update={"model": experts.config.model, "baselines": "none",
-                                       "name": "frozen"})
+                                       "name": "frozen", "train": train})
     if experts.spec.type == "hf":
         spec = experts.spec.model_copy(update={"trainable_layers": 0})
         model = frozen.model.model_copy(update={"backbone": spec})
@@ -287,11 +296,13 @@ def frozen_run(config: RunConfig, experts: Experts) -> tuple[RunConfig, torch.nn
 def run_merge(config: RunConfig, methods: str | Sequence[str] | None = None,
               out: str | Path = "runs/merge", inputs: str = "validation", rows: int = 512,
               console: Console | None = None, references: bool = True,
-              options: Mapping[str, Mapping[str, Any]] | None = None) -> MergeOutcome:
+              options: Mapping[str, Mapping[str, Any]] | None = None,
+              frozen_lr: float = FROZEN_LR) -> MergeOutcome:
     """Run the merge regime (see the module docstring); `references=False` skips the `mix`
     and `frozen` rows (their training). `rows`: at most this many rows per task feed the
     data-driven methods. `options`: method -> hyperparameters fixed for it (not searched),
-    e.g. `{"adamerging": {"steps": 50}}`."""
+    e.g. `{"adamerging": {"steps": 50}}`. `frozen_lr`: the learning rate of the `frozen`
+    reference's heads."""
     console = console or Console(stderr=True)
     out = Path(out)
     names = method_names(methods)
@@ -301,6 +312,8 @@ def run_merge(config: RunConfig, methods: str | Sequence[str] | None = None,
                           f"from; use {' or '.join(INPUT_SPLITS)}")
     if rows <= 0:
         raise ConfigError(f"--rows: must be a positive number of rows per task (got {rows})")
+    if not frozen_lr > 0:
+        raise ConfigError(f"--frozen-lr: must be a positive learning rate (got {frozen_lr})")
     check_out(out)
     check_trainable(config)
     experts = load_experts(config, console)
@@ -322,7 +335,7 @@ def run_merge(config: RunConfig, methods: str | Sequence[str] | None = None,
         mix = config.model_copy(update={"baselines": "none"})
         rows_out.append(_trained_row("mix", mix, out / "mix", out, experts, experts_test,
                                      console))
-        frozen, module = frozen_run(config, experts)
+        frozen, module = frozen_run(config, experts, frozen_lr)
         rows_out.append(_trained_row("frozen", frozen, out / "frozen", out, experts,
                                      experts_test, console, module))
     results = {
