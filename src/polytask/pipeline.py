@@ -167,6 +167,18 @@ def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
     return (build_tabular(spec, tabular) if backbone is None else backbone), tabular
 
 
+def _input_owner(readers: list[Task], kinds: dict[str, TaskKind]) -> TaskKind | None:
+    """The kind that encodes the inputs of a source itself (see `TaskKind.owns_inputs`), or
+    None when the backbone's input encoder reads the task columns."""
+    owners = [t for t in readers if kinds[t.name].owns_inputs]
+    if owners and len(readers) > 1:
+        raise ConfigError(
+            f"tasks.{owners[0].name}: kind {owners[0].kind!r} builds its own inputs, so the task "
+            f"needs a dataset of its own, but tasks {[t.name for t in readers]} share one; give "
+            f"task {owners[0].name!r} its own `data:` section")
+    return kinds[owners[0].name] if owners else None
+
+
 def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
     return {t.name: TASK_KINDS.get(t.kind)(t) for t in tasks}
 
@@ -199,6 +211,7 @@ def prepare(config: RunConfig,
     for name, source in sources.items():
         readers = [t for t in resolved.tasks if task_source[t.name] == name]
         words = any(kinds[t.name].level == "token" for t in readers)
+        owner = _input_owner(readers, kinds)
         for task in readers:
             kinds[task.name].fit(source.frames["train"])
         splits[name] = {}
@@ -208,10 +221,12 @@ def prepare(config: RunConfig,
                 if kinds[task.name].level == "token":
                     check_token_lengths(task, frame, split)
             try:
-                inputs = encoder.encode(frame, inputs_of[name], words=words)
+                inputs = (owner.encode_inputs(frame, encoder, split) if owner is not None
+                          else encoder.encode(frame, inputs_of[name], words=words))
             except DataError as error:
                 raise DataError(f"{where} ({split} split): {error}") from None
-            if isinstance(backbone, HFEncoder) and backbone.frozen and not words:
+            if (isinstance(backbone, HFEncoder) and backbone.frozen and not words
+                    and owner is None):
                 key = content_hash(encoder.name, inputs_of[name], frame[inputs_of[name]].values)
                 inputs = backbone.embed_all(inputs, key)
             labels = {}

@@ -18,7 +18,8 @@ from rich.console import Console
 from polytask.config import load_config
 from polytask.models.inputs import collate
 from polytask.tasks.data import SplitData
-from polytask.tasks.kinds import Classification, _masked_cross_entropy
+from polytask.tasks.kinds import Classification
+from polytask.tasks.kinds.base import masked_cross_entropy
 from polytask.tasks.spec import Task
 from polytask.train.callbacks import ProgressDisplay
 from polytask.train.trainer import Trainer
@@ -51,7 +52,7 @@ def test_plain_loss_equals_the_masked_loss_to_the_bit(seed: int) -> None:
     labels = torch.randint(classes, (rows,), generator=generator)
     plain = kind.training_loss(outputs, labels)
     (plain_grad,) = torch.autograd.grad(plain * 0.37, outputs)
-    masked = _masked_cross_entropy(outputs, labels)
+    masked = masked_cross_entropy(outputs, labels)
     (masked_grad,) = torch.autograd.grad(masked * 0.37, outputs)
     assert torch.equal(plain, masked) and torch.equal(plain_grad, masked_grad)
 
