@@ -215,6 +215,11 @@ class Task(BaseModel):
     data: DataSpec | Any = Field(
         None, description="This task's own dataset; omitted: the run's shared `data`."
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the task's kind (e.g. `stride` for "
+        "extractive_qa, `prompt` for generation), checked against the kind's own schema when the "
+        "task is built; docs/tasks.md lists each kind's options."
+    )
 
     _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
 

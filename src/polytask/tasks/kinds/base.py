@@ -12,15 +12,16 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
-from polytask.errors import DataError
+from polytask.errors import ConfigError, DataError
 from polytask.models.inputs import Encoded
 from polytask.registry import Registry
 from polytask.tasks import metrics as M
@@ -49,15 +50,24 @@ def shown(names: Sequence[str] | None, limit: int = 12) -> str:
     return f"{names[:limit]} and {len(names) - limit} more"
 
 
+class NoOptions(BaseModel):
+    """A kind without settings of its own: `options` must be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class TaskKind(ABC):
     """Everything that depends on what a task predicts."""
 
-    level: ClassVar[Literal["sequence", "token"]] = "sequence"
+    level: ClassVar[str] = "sequence"
     default_metric: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]]
+    #: The schema of the task's `options` (a pydantic model with `extra="forbid"`).
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, task: Task) -> None:
         self.task = task
+        self.options = self._validated_options(task)
         self.metric = task.metric or self.default_metric
         if self.metric not in self.metric_names:
             raise DataError(
@@ -67,6 +77,17 @@ class TaskKind(ABC):
         self.higher_is_better = M.higher_is_better(self.metric)
         self._stripped = 0  # label values whose whitespace was stripped since the last report
         self._tensors: dict[tuple[Any, ...], Tensor] = {}  # see `_tensor_like`
+
+    def _validated_options(self, task: Task) -> Any:
+        try:
+            return self.Options.model_validate(task.options)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"tasks.{task.name}.options.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                f" (got {e.get('input')!r})" for e in error.errors())
+            known = ", ".join(self.Options.model_fields) or "none"
+            raise ConfigError(f"{problems}. Kind {task.kind!r} takes the options: {known}.") \
+                from None
 
     # -- labels -----------------------------------------------------------------------
     @abstractmethod
