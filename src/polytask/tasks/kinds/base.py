@@ -42,6 +42,20 @@ def is_sequence(value: Any) -> bool:
     return isinstance(value, list | tuple | np.ndarray)
 
 
+def tokenizer_of(encoder: Any, task: Task, offsets: bool = False) -> Any:
+    """The tokenizer of a text backbone's input encoder, for a kind that builds its inputs
+    itself; `offsets`: it must map tokens to characters (a fast tokenizer)."""
+    tokenizer = getattr(encoder, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError(f"tasks.{task.name}: kind {task.kind!r} reads text, so it needs a text "
+                          "backbone (model.backbone.type: hf)")
+    if offsets and not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(f"tasks.{task.name}: kind {task.kind!r} maps tokens back to characters, "
+                          f"which needs a fast tokenizer; {type(tokenizer).__name__} is not one. "
+                          "Pick a backbone whose tokenizer has a tokenizer.json")
+    return tokenizer
+
+
 def shown(names: Sequence[str] | None, limit: int = 12) -> str:
     """A label list for a message, cut short when it is long."""
     names = list(names or [])
@@ -131,6 +145,14 @@ class TaskKind(ABC):
     #: The kind builds its task's model inputs itself (`encode_inputs`): answer windows,
     #: choice pairs, prompts. Its task then reads a dataset that no other task reads.
     owns_inputs: ClassVar[bool] = False
+    #: The kind's head can answer a task it was never trained on (every generation task
+    #: reads the one shared LM head), so its tasks may be held out in the cross-task
+    #: protocol (`split: {eval_tasks: [...]}`). A kind whose head is the task's own
+    #: (classification's Linear) cannot: an untrained head would answer at random.
+    serves_unseen_tasks: ClassVar[bool] = False
+    #: The kind's task reads a generative backbone (a causal LM or an encoder-decoder model,
+    #: `polytask.models.generative`) and its LM head, not features: text-to-text generation.
+    generative: ClassVar[bool] = False
 
     def encode_inputs(self, frame: pd.DataFrame, encoder: Any, split: str) -> Encoded:
         """Model inputs for the rows of `frame`, for a kind with `owns_inputs`. `encoder` is
@@ -138,6 +160,14 @@ class TaskKind(ABC):
         the same frame and split, whose labels must then have one row per input row (which
         may differ from the frame's rows: one per window, say)."""
         raise NotImplementedError(f"kind {self.task.kind!r} does not encode its own inputs")
+
+    def decode_encoded(self, predictions: Tensor, split: str, proba: bool = False) -> list[Any]:
+        """For a kind with `owns_inputs`: one decoded prediction per row of the frame last
+        given to `encode_inputs` for `split`, from `predict` over all its input rows in order
+        (several input rows may make one frame row: windows, say). With `proba`, what the
+        kind shows instead of a label (e.g. `{choice: p}`)."""
+        del split, proba
+        return self.decode(predictions)
 
     # -- model ------------------------------------------------------------------------
     def build_head(self, input_dim: int) -> nn.Module:

@@ -27,7 +27,7 @@ class Classification(TaskKind):
     """One label per row out of C classes; softmax cross-entropy."""
 
     default_metric = "accuracy"
-    metric_names = ("accuracy", "macro_f1", "mcc")
+    metric_names = ("accuracy", "macro_f1", "mcc", "f1", "f1_accuracy")
     class_weights: list[float] | None = None  # per label id, from `class_weight`
     #: Decided in `fit`: the training split has no blank label and there are no class
     #: weights, so `training_loss` is a plain `F.cross_entropy` (the masked loss's value

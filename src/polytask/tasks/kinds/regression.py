@@ -26,7 +26,7 @@ class Regression(TaskKind):
     predictions reported in the original units."""
 
     default_metric = "mae"
-    metric_names = ("mae", "mse", "pearson", "spearman")
+    metric_names = ("mae", "mse", "pearson", "spearman", "pearson_spearman")
 
     def fit(self, train: pd.DataFrame) -> None:
         values = self._values(train, "train")
