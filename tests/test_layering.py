@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("polytask.affinity",),  # task affinity from short joint runs, and the grouping search
     # entry points: the public API, the CLI and what only they use
     ("polytask.inference", "polytask.methods", "polytask.bench", "polytask.merge",
-     "polytask.export", "polytask.cli", "polytask.__main__", "polytask"),
+     "polytask.export", "polytask.adapter_export", "polytask.cli", "polytask.__main__",
+     "polytask"),
 ]
 
 #: Third-party packages a function may import: optional extras, or packages that take over
@@ -43,9 +44,14 @@ LAZY_THIRD_PARTY = {
     "torchjd": "optional cross-check",
     "datasets": "~1.1 s; only for Hugging Face datasets",
     "transformers": "~1.4 s; only for text backbones",
+    "peft": "imports transformers; only for adapters (model.adapter)",
     "sklearn": "~1.8 s with scipy.stats; only for some metrics and class weights",
     "scipy.stats": "part of the scikit-learn cost; only for significance tests and ranks",
     "matplotlib": "~1.8 s; only for figures",
+    "sacrebleu": "only for generation metrics (BLEU, chrF)",
+    "rouge_score": "only for generation metrics (ROUGE-L)",
+    "torchvision": "optional extra (polytask[vision]); only for torchvision backbones",
+    "timm": "optional; only for timm backbones",
 }
 
 #: polytask imports that stay inside a function, each with its reason.

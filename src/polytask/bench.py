@@ -69,6 +69,9 @@ DEFAULT_SEEDS = 3
 SUITE_BENCH_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "census": {"suite": {"train_size": 5000, "eval_size": 2000},
                "train": {"max_steps": 400, "eval_every": 100}},
+    # LeNet steps of batch 256 take about 0.05-0.1 s on one core (ew / gradient methods)
+    "multimnist": {"suite": {"train_size": 6000, "eval_size": 1000},
+                   "train": {"max_steps": 300, "eval_every": 100}},
 }
 
 

@@ -29,7 +29,10 @@ from polytask.export import export_run
 from polytask.inference import evaluate_run, load
 from polytask.merge.regime import leaderboard_table, parse_options, run_merge
 from polytask.methods import all_methods, method_record
+from polytask.models.adapters.base import apply_preference
+from polytask.pareto import PARETO_FILE, front_rows, parse_preference, trace_pareto
 from polytask.process import is_main_process
+from polytask.tasks.catalog.show import catalog_table, entry_yaml
 from polytask.tasks.data import read_rows
 from polytask.train.trainer import Trainer, train_baselines
 
@@ -46,6 +49,9 @@ ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML); see exampl
 #: datasets or models, so the global options leave those libraries unimported.
 _LIGHT_COMMANDS: set[str] = set()
 
+PreferenceOpt = Annotated[str | None, typer.Option(
+    help="A palora run: the preference over its tasks, one non-negative weight per task in "
+    "the run's task order (normalised to sum to 1), e.g. 0.3,0.7.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config value: --set train.lr=3e-4 --set balancer=pcgrad "
     "(repeatable; values are YAML).")]
@@ -188,6 +194,11 @@ def evaluate_command(
     allow_data_change: Annotated[bool, typer.Option(
         help="Evaluate even if the data files differ from those the run was trained on "
         "(each change is printed); by default that is refused.")] = False,
+    preference: PreferenceOpt = None,
+    pareto: Annotated[int | None, typer.Option(
+        help="A palora run: evaluate it at K preference vectors spread over the simplex, "
+        "print the front and write it to RUN_DIR/pareto.json (plotted by `polytask "
+        "report`).", metavar="K")] = None,
 ) -> None:
     """Re-evaluate a finished run's model on a split; prints every metric of every task.
 
@@ -195,7 +206,14 @@ def evaluate_command(
     carved splits are rebuilt from the recorded rows, so the same rows are scored."""
     if split not in ("validation", "test"):
         _fail(PolytaskError(f"--split: {split!r} is not a split; use validation or test"))
-    metrics = evaluate_run(run_dir, split, allow_data_change=allow_data_change, console=err)
+    if pareto is not None:
+        if preference is not None:
+            _fail(PolytaskError("--pareto traces many preferences: drop --preference"))
+        _print_front(trace_pareto(run_dir, pareto, split, allow_data_change, err), run_dir)
+        return
+    metrics = evaluate_run(run_dir, split, allow_data_change=allow_data_change, console=err,
+                           preference=None if preference is None
+                           else parse_preference(preference))
     table = Table(title=f"{run_dir} · {split}")
     for column in ("task", "metric", "value"):
         table.add_column(column)
@@ -203,6 +221,17 @@ def evaluate_command(
         for metric, value in values.items():
             table.add_row(task, metric, f"{value:.4f}")
     out.print(table)
+
+
+def _print_front(front: dict[str, Any], run_dir: Path) -> None:
+    header, rows = front_rows(front)
+    table = Table(title=f"{run_dir} · {front['split']} · Pareto front")
+    for column in header:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"wrote {run_dir / PARETO_FILE}")
 
 
 @_command()
@@ -219,6 +248,7 @@ def predict(
     id_column: Annotated[str | None, typer.Option(
         "--id-column", help="An input column copied into every output line, beside the row "
         "index, to match predictions to rows.")] = None,
+    preference: PreferenceOpt = None,
 ) -> None:
     """Print one JSON line per input row: {"row": index, [ID column,] task: prediction, ...}."""
     rows = read_rows(input, "--input")
@@ -226,7 +256,10 @@ def predict(
         raise DataError(f"--id-column: {str(input)!r} has no column {id_column!r}; its columns "
                         f"are {list(rows.columns)}")
     names = None if tasks == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
-    predictions = load(run_dir).predict(rows, names, proba=proba)
+    run = load(run_dir)
+    if preference is not None:
+        apply_preference(run.model.adapter, parse_preference(preference))
+    predictions = run.predict(rows, names, proba=proba)
     carried = {id_column: rows[id_column].tolist()} if id_column is not None else {}
     for index, values in enumerate(predictions.to_dict(orient="records")):
         ids = {column: column_values[index] for column, column_values in carried.items()}
@@ -246,6 +279,28 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     for info in infos:
         table.add_row(info.family, info.name, info.paper)
     out.print(table)
+
+
+tasks_app = typer.Typer(help="The task catalog: GLUE, SuperGLUE, SQuAD, CoNLL-2003 declared as "
+                        "data; name them in a config's `tasks:` (e.g. glue/rte).",
+                        no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+_LIGHT_COMMANDS.add("tasks")
+
+
+@tasks_app.command("list")
+@_reported
+def tasks_list() -> None:
+    """List the catalog's tasks with their kind, official metric and hub source."""
+    out.print(catalog_table())
+
+
+@tasks_app.command("show")
+@_reported
+def tasks_show(name: Annotated[str, typer.Argument(help="A catalog name, e.g. glue/rte.")],
+               ) -> None:
+    """Show one catalog entry and the task section it declares in a run."""
+    out.print(entry_yaml(name), highlight=False, markup=False, soft_wrap=True)
 
 
 @_command()
@@ -375,8 +430,10 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="A new (or empty) folder to write.")],
     task: Annotated[str | None, typer.Option(help="Export this task only.")] = None,
     format_: Annotated[str, typer.Option(
-        "--format", help="hf: one folder per task that transformers loads without polytask; "
-        "polytask: one multi-head folder for polytask.load.")] = "hf",
+        "--format", help="hf: one folder per task that transformers loads without polytask "
+        "(an adapter run's task path merged into the weights); polytask: one multi-head folder "
+        "for polytask.load; peft: an adapter run as PEFT adapter folders (lora, task_lora, "
+        "poly, mhr, mpt).")] = "hf",
 ) -> None:
     """Export a run's model: per task for Hugging Face transformers, or as one polytask model.
 

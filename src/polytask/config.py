@@ -2,9 +2,9 @@
 
 Every section is a pydantic model with `extra="forbid"`, so a misspelt key fails before any
 work starts, naming the field, the bad value and the nearest valid choice. Method sections
-(`sampler`, `balancer`, `model.architecture`) take a name or `{name: ..., <hyperparameter>:
-...}`; the names are checked against the registries and the hyperparameters against each
-method's constructor (`polytask.method_options`).
+(`sampler`, `balancer`, `model.architecture`, `model.adapter`) take a name or `{name: ...,
+<hyperparameter>: ...}`; the names are checked against the registries and the
+hyperparameters against each method's constructor (`polytask.method_options`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from polytask.balance import BALANCERS
 from polytask.errors import ConfigError
 from polytask.files import load_yaml, plain_name
 from polytask.method_options import check_method_options
+from polytask.models.adapters import ADAPTERS
 from polytask.models.sharing import ARCHITECTURES
 from polytask.models.spec import BackboneSpec
 from polytask.registry import Registry
+from polytask.tasks.catalog import CatalogRef, catalog_task, is_catalog_reference
 from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.sampling import SAMPLERS
 from polytask.tasks.spec import DataSpec, Task, coerce_data
@@ -70,12 +72,21 @@ class ModelConfig(BaseModel):
     auxiliary_loss_weight: float = Field(
         0.01, ge=0, description="Weight of the architecture's auxiliary loss (e.g. MoE balance)."
     )
+    adapter: MethodConfig | None = Field(
+        None,
+        description="Multi-task adapter on a frozen Hugging Face backbone: a name or {name: "
+                    "lora, r: 8, alpha: 16, dropout: 0.0, target_modules: [query, value], "
+                    "<method options>}; only the adapter and the heads train. "
+                    "See `polytask methods` (family adapter).",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _architecture_name(cls, data: Any) -> Any:
         if isinstance(data, dict) and "architecture" in data:
             data = {**data, "architecture": _method(data["architecture"])}
+        if isinstance(data, dict) and isinstance(data.get("adapter"), str):
+            data = {**data, "adapter": _method(data["adapter"])}
         return data
 
 
@@ -132,6 +143,12 @@ class TrainConfig(BaseModel):
         "under a million parameters (more threads only contend on such small work), torch's "
         "default otherwise."
     )
+    num_workers: int = Field(
+        0, ge=0, description="Worker processes that build training batches ahead of the step "
+        "(gather rows, augment images); 0 builds them in the training process. Batches are "
+        "the same either way, so resume stays exact. Worth it when augmentation or decoding "
+        "is heavy next to the step; on a small CPU, 0 is usually fastest (see docs/vision.md)."
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: run forward passes under bfloat16 autocast (weights, "
         "gradients and the balancer stay fp32)."
@@ -163,6 +180,73 @@ class SuiteConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class TaskSplit(BaseModel):
+    """`split:` the cross-task generalisation protocol (Super-NaturalInstructions): train on
+    `train_tasks` only, then score `eval_tasks` zero-shot on their test split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_tasks: list[str] = Field(min_length=1, description="Tasks trained on (by name).")
+    eval_tasks: list[str] = Field(
+        min_length=1, description="Held-out tasks (by name): never trained on, evaluated "
+        "zero-shot and reported under `held_out` in results.json. Their kind must serve an "
+        "unseen task from a shared head (generation tasks share the LM head).",
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TaskSplit:
+        both = sorted(set(self.train_tasks) & set(self.eval_tasks))
+        if both:
+            raise ValueError(f"{both} listed in both train_tasks and eval_tasks; a held-out "
+                             "task is never trained on")
+        return self
+
+    def check(self, tasks: Sequence[Task]) -> None:
+        """ConfigError unless every one of the run's `tasks` is listed once, and each
+        held-out task's kind can serve a task it was not trained on."""
+        names = [t.name for t in tasks]
+        unknown = [n for n in [*self.train_tasks, *self.eval_tasks] if n not in names]
+        if unknown:
+            raise ConfigError(f"split: unknown task(s) {unknown}; the tasks are {names}")
+        unlisted = [n for n in names if n not in self.train_tasks + self.eval_tasks]
+        if unlisted:
+            raise ConfigError(f"split: task(s) {unlisted} are in neither train_tasks nor "
+                              "eval_tasks; list each task in one of them (or leave it out "
+                              "with `only`)")
+        serving = [k for k in TASK_KINDS.names() if TASK_KINDS.get(k).serves_unseen_tasks]
+        for task in tasks:
+            if task.name in self.eval_tasks and task.kind not in serving:
+                raise ConfigError(
+                    f"split.eval_tasks: task {task.name!r} is of kind {task.kind!r}, whose head "
+                    "is the task's own: held out, it is never trained and would answer at "
+                    "random. Hold out only tasks of a kind whose head serves unseen tasks ("
+                    f"{', '.join(serving) or 'none is registered'}; e.g. kind: generation, "
+                    "which shares the LM head), or train this task.")
+
+
+def _catalog_tasks(items: Any) -> Any:
+    """`tasks:` items naming a catalog entry (`glue/rte`, `{catalog: glue/rte, ...}`) become
+    the tasks the catalog declares (`polytask.tasks.catalog`)."""
+    if not isinstance(items, list):
+        return items
+    expanded = []
+    for i, item in enumerate(items):
+        if not is_catalog_reference(item):
+            expanded.append(item)
+            continue
+        try:
+            expanded.append(catalog_task(item))
+        except ConfigError as error:
+            raise ValueError(f"tasks.{i}: {error}") from None
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}"
+                                 for e in error.errors())
+            raise ValueError(f"tasks.{i} (catalog task {item!r}): {problems}. The keys of a "
+                             f"catalog task are: {', '.join(CatalogRef.model_fields)}") from None
+    return expanded
+
+
 class RunConfig(BaseModel):
     """A whole run: tasks and their data, model, sampler, balancer, training settings."""
 
@@ -178,7 +262,13 @@ class RunConfig(BaseModel):
     data: DataSpec | Any = Field(
         None, description="The shared dataset read by tasks without their own `data`."
     )
-    tasks: list[Task] = Field(default_factory=list, description="The tasks to learn jointly.")
+    tasks: list[Task] = Field(
+        default_factory=list, description="The tasks to learn jointly: task sections, or "
+        "catalog names (glue/rte, squad; `polytask tasks list`), or {catalog: NAME, "
+        "overrides...}.")
+    split: TaskSplit | None = Field(
+        None, description="Cross-task generalisation: {train_tasks: [...], eval_tasks: [...]}; "
+        "see docs/tasks.md.")
     only: list[str] | None = Field(
         None, description="Train only these tasks (by name) of `tasks` or of the suite."
     )
@@ -200,6 +290,8 @@ class RunConfig(BaseModel):
     baselines_dir: str = Field("runs/baselines", description="Where baselines are cached.")
 
     _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))
+    _catalog = field_validator("tasks", mode="before")(
+        classmethod(lambda cls, v: _catalog_tasks(v)))
 
     @field_validator("name")
     @classmethod
@@ -233,8 +325,12 @@ class RunConfig(BaseModel):
         _known(SAMPLERS, self.sampler.name, "sampler.name")
         _known(BALANCERS, self.balancer.name, "balancer.name")
         _known(ARCHITECTURES, self.model.architecture.name, "model.architecture.name")
-        check_method_options({"sampler": self.sampler, "balancer": self.balancer,
-                              "model.architecture": self.model.architecture})
+        sections = {"sampler": self.sampler, "balancer": self.balancer,
+                    "model.architecture": self.model.architecture}
+        if self.model.adapter is not None:
+            _known(ADAPTERS, self.model.adapter.name, "model.adapter.name")
+            sections["model.adapter"] = self.model.adapter
+        check_method_options(sections)
         balancer = BALANCERS.get(self.balancer.name)
         sampler = SAMPLERS.get(self.sampler.name)
         if balancer.needs_all_tasks and not sampler.feeds_all_tasks:

@@ -24,6 +24,12 @@ polytask`.
 run writes them, and the fine-tuned encoder with its tokenizer in `OUT/model/backbone/`) that
 `polytask.load(OUT)` reloads for prediction, without the original backbone files.
 
+**peft** (a run trained with `model.adapter` of a method PEFT has): `OUT/base/` (the frozen
+base encoder and its tokenizer) and one PEFT adapter folder per task, `OUT/<task>/`, that
+`peft.PeftModel.from_pretrained(base, folder)` loads, with the head beside it
+(`polytask.adapter_export`). For an adapter run, **hf** first merges the task's low-rank path
+into the base weights (where the method allows it), so the folder is a plain encoder again.
+
 Bad input writes nothing: everything is checked, and the export is built in a temporary
 folder beside OUT that is renamed into place at the end.
 """
@@ -41,8 +47,9 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from polytask import adapter_export
 from polytask.config import ModelConfig
-from polytask.errors import ConfigError
+from polytask.errors import CheckpointError, ConfigError
 from polytask.inference import LoadedRun, load
 from polytask.merge.merged_run import MERGE_KEY, restore_heads
 from polytask.models.backbones import HFEncoder
@@ -52,7 +59,7 @@ from polytask.pipeline import build_model
 from polytask.train.checkpoint import save_weights
 from polytask.train.results import write_json
 
-FORMATS = ("hf", "polytask")
+FORMATS = ("hf", "polytask", "peft")
 #: Largest difference allowed between the exported model's outputs and polytask's.
 TOLERANCE = 1e-5
 #: Sentences the exported model is checked on.
@@ -136,22 +143,22 @@ def _results(run_dir: Path) -> dict[str, Any]:
 
 
 # -- hf -----------------------------------------------------------------------------------
-def check_hf(run: LoadedRun, tasks: Sequence[str]) -> None:
+def check_hf(run: LoadedRun, tasks: Sequence[str], fmt: str = "hf") -> None:
     """Refuse what has no exact transformers equivalent (see the module docstring)."""
     model = run.model
     hint = "; use --format polytask (polytask.load reloads it)"
     if not isinstance(model.backbone, HFEncoder):
-        raise ConfigError("--format hf: the run's backbone is not a Hugging Face encoder (an MLP "
-                          f"over table columns has no transformers model){hint}")
+        raise ConfigError(f"--format {fmt}: the run's backbone is not a Hugging Face encoder "
+                          f"(an MLP over table columns has no transformers model){hint}")
     if not isinstance(model.architecture, HardSharing) or any(
             True for _ in model.architecture.parameters()):
-        raise ConfigError(f"--format hf: the run's sharing architecture "
+        raise ConfigError(f"--format {fmt}: the run's sharing architecture "
                           f"({type(model.architecture).__name__}) puts layers of its own between "
                           f"the encoder and the heads, which no transformers model has{hint}")
     for task in tasks:
         if not isinstance(model.heads[task], nn.Linear):
             raise ConfigError(
-                f"--format hf: the head of task {task!r} is not one linear layer "
+                f"--format {fmt}: the head of task {task!r} is not one linear layer "
                 f"({type(model.heads[task]).__name__}: model.head_hidden, or a representation "
                 f"surgery module), which no standard transformers head matches{hint}")
 
@@ -175,19 +182,18 @@ def _polytask_outputs(run: LoadedRun, task: str, batch: Mapping[str, Tensor]) ->
         return run.model({task: dict(batch)}).outputs[task]
 
 
-def _compare(task: str, ours: Tensor, theirs: Tensor) -> None:
+def _compare(task: str, ours: Tensor, theirs: Tensor, fmt: str = "hf") -> None:
     gap = float((ours - theirs).abs().max())
     if not gap <= TOLERANCE:
-        raise ConfigError(f"--format hf: the exported model of task {task!r} does not reproduce "
+        raise ConfigError(f"--format {fmt}: the exported model of task {task!r} does not reproduce "
                           f"polytask's outputs (largest difference {gap:.2e} > {TOLERANCE}); "
                           "use --format polytask (nothing was written)")
 
 
-def _token_model(run: LoadedRun, task: str) -> nn.Module:
-    """An `AutoModelForTokenClassification` holding the run's encoder and the task's head."""
+def _token_model(run: LoadedRun, task: str, encoder: nn.Module) -> nn.Module:
+    """An `AutoModelForTokenClassification` holding `encoder` and the task's head."""
     from transformers import AutoModelForTokenClassification
 
-    encoder = run.model.backbone.encoder  # type: ignore[union-attr]
     head: nn.Linear = run.model.heads[task]  # type: ignore[assignment]
     labels = run.kinds[task].label_names or []
     config = encoder.config.__class__.from_dict(encoder.config.to_dict())
@@ -220,9 +226,10 @@ def _head_info(run: LoadedRun, task: str) -> dict[str, Any]:
     return info
 
 
-def _sentence_outputs(run: LoadedRun, task: str, batch: Mapping[str, Tensor]) -> Tensor:
-    """What `LOADER` computes, computed here (the check of a sentence-level export)."""
-    encoder = run.model.backbone.encoder  # type: ignore[union-attr]
+def _sentence_outputs(run: LoadedRun, task: str, batch: Mapping[str, Tensor],
+                      encoder: nn.Module) -> Tensor:
+    """What `LOADER` computes with `encoder`, computed here (the check of a sentence-level
+    export)."""
     head: nn.Linear = run.model.heads[task]  # type: ignore[assignment]
     with torch.no_grad():
         hidden = encoder(**batch).last_hidden_state
@@ -234,19 +241,24 @@ def _sentence_outputs(run: LoadedRun, task: str, batch: Mapping[str, Tensor]) ->
         return features @ head.weight.T + head.bias
 
 
-def export_hf_task(run: LoadedRun, task: str, folder: Path, card: str) -> None:
-    """Write task `task` of `run` as a transformers folder (checked against polytask first)."""
+def export_hf_task(run: LoadedRun, task: str, folder: Path, card: str,
+                   encoder: nn.Module | None = None) -> None:
+    """Write task `task` of `run` as a transformers folder (checked against polytask first).
+    `encoder`: the transformers encoder to write (an adapter run's, merged for the task);
+    default the run's own."""
+    if encoder is None:
+        encoder = run.model.backbone.encoder  # type: ignore[union-attr]
     batch = _check_inputs(run, task)
     ours = _polytask_outputs(run, task, batch)
     tokenizer = run.encoder.tokenizer  # type: ignore[union-attr]
     if run.kinds[task].level == "token":
-        model = _token_model(run, task)
+        model = _token_model(run, task, encoder)
         with torch.no_grad():
             _compare(task, ours, model(**batch).logits)
         model.save_pretrained(folder)
     else:
-        _compare(task, ours, _sentence_outputs(run, task, batch))
-        run.model.backbone.encoder.save_pretrained(folder)  # type: ignore[union-attr]
+        _compare(task, ours, _sentence_outputs(run, task, batch, encoder))
+        encoder.save_pretrained(folder)
         head: nn.Linear = run.model.heads[task]  # type: ignore[assignment]
         save_file({"weight": head.weight.detach().contiguous(),
                    "bias": head.bias.detach().contiguous()}, str(folder / "head.safetensors"))
@@ -290,6 +302,10 @@ def model_card(run_dir: Path, run: LoadedRun, task: str, fmt: str,
     if fmt == "polytask":
         lines += ["```python", "import polytask", "", "model = polytask.load(\"PATH\")",
                   "model.predict(rows)  # one column per task", "```"]
+    elif fmt == "peft":
+        lines += ["With transformers and PEFT (the base encoder is in `../base`; the head, "
+                  "which pools as polytask does, is a separate file):", "", "```python",
+                  adapter_export.PEFT_LOADER.format(folder="PATH").rstrip(), "```"]
     elif run.kinds[task].level == "token":
         lines += ["With transformers alone:", "", "```python",
                   TOKEN_LOADER.format(folder="PATH").rstrip(), "```"]
@@ -307,11 +323,19 @@ def _subset_model(run: LoadedRun, meta: Mapping[str, Any], tasks: Sequence[str],
     kept = {k: v for k, v in weights.items()
             if not k.startswith("heads.") or any(k.startswith(f"heads.{t}.") for t in tasks)}
     settings = ModelConfig.model_validate(meta["config"]["model"])
+    backbone = (run.model.backbone if adapter_export.adapter_of(run) is None
+                else adapter_export.base_backbone(run))  # (the subset attaches its own)
     model = build_model(settings, [run.tasks[t] for t in tasks],
-                        {t: run.kinds[t] for t in tasks}, run.model.backbone)
+                        {t: run.kinds[t] for t in tasks}, backbone)
     restore_heads(model, meta.get(MERGE_KEY, {}), kept)
     try:
         model.load_state_dict(kept)
+    except CheckpointError:  # an adapter's weights record its task count
+        adapter = meta["config"]["model"]["adapter"]["name"]
+        raise ConfigError(f"--task: the run's adapter ({adapter}) is saved for all its "
+                          "tasks, so one task cannot be taken out of a "
+                          "polytask export; omit --task, or export the task with --format hf "
+                          "or peft") from None
     except RuntimeError:
         raise ConfigError(f"--task: the run's sharing architecture "
                           f"({meta['config']['model']['architecture']['name']}) has parts "
@@ -329,12 +353,36 @@ def export_polytask(run_dir: Path, run: LoadedRun, tasks: Sequence[str], folder:
         meta = {**meta, "tasks": [t for t in meta["tasks"] if t["name"] in tasks],
                 "kinds": {t: s for t, s in meta["kinds"].items() if t in tasks}}
     directory = folder / "model"
-    if isinstance(run.model.backbone, HFEncoder):
-        run.model.backbone.encoder.save_pretrained(directory / "backbone")
+    if isinstance(run.model.backbone, HFEncoder):  # before any adapter (the run re-adds it)
+        adapter_export.base_encoder(run).save_pretrained(directory / "backbone")
         run.encoder.tokenizer.save_pretrained(directory / "backbone")  # type: ignore[union-attr]
         meta = {**meta, "backbone": {**meta["backbone"], "name": "backbone"}}
     save_weights(dict(weights), directory / "model.safetensors")
     write_json(directory / "meta.json", meta)
+
+
+# -- peft ---------------------------------------------------------------------------------
+def check_peft_names(run: LoadedRun, tasks: Sequence[str]) -> None:
+    """A PEFT equivalent of the run's adapter exists, and no task is called `base`."""
+    adapter_export.check_peft(run)
+    if "base" in tasks:
+        raise ConfigError("--format peft: a task named 'base' would share its folder with the "
+                          "base encoder (OUT/base); export the other tasks with --task, or use "
+                          "--format polytask")
+
+
+def export_peft(run: LoadedRun, tasks: Sequence[str], folder: Path,
+                cards: Mapping[str, str]) -> None:
+    """`folder/base` (the frozen encoder) and one PEFT adapter folder per task, each reloaded
+    with PEFT and checked to give polytask's outputs to `TOLERANCE`."""
+    adapter = adapter_export.check_peft(run)
+    base = adapter_export.write_peft_base(run, folder / "base")
+    for name in tasks:
+        (folder / name).mkdir()
+        batch = _check_inputs(run, name)
+        theirs = adapter_export.export_peft_task(run, adapter, name, base, folder / name,
+                                                 cards[name], batch)
+        _compare(name, _polytask_outputs(run, name, batch), theirs, "peft")
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -346,8 +394,13 @@ def export_run(run_dir: str | Path, out: str | Path, task: str | None = None,
     check_out(out)
     run = load(run_dir)
     tasks = _tasks(run, task)
-    if fmt == "hf":
-        check_hf(run, tasks)
+    deltas: dict[str, dict[str, Tensor]] = {}  # an adapter run's ΔW, per task
+    if fmt != "polytask":
+        check_hf(run, tasks, fmt)
+    if fmt == "peft":
+        check_peft_names(run, tasks)
+    elif fmt == "hf" and adapter_export.adapter_of(run) is not None:
+        deltas = adapter_export.merged_deltas(run, tasks)
     results = _results(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -356,15 +409,22 @@ def export_run(run_dir: str | Path, out: str | Path, task: str | None = None,
             export_polytask(run_dir, run, tasks, staging)
             (staging / "README.md").write_text(
                 "\n\n".join(model_card(run_dir, run, t, fmt, results) for t in tasks))
+        elif fmt == "peft":
+            export_peft(run, tasks, staging, {
+                name: model_card(run_dir, run, name, fmt, results) for name in tasks})
         else:
             for name in tasks:
                 (staging / name).mkdir()
+                merged = (adapter_export.merged_encoder(run, deltas[name]) if deltas
+                          else None)
                 export_hf_task(run, name, staging / name,
-                               model_card(run_dir, run, name, fmt, results))
+                               model_card(run_dir, run, name, fmt, results), merged)
         if out.exists():
             out.rmdir()
         staging.rename(out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return [out] if fmt == "polytask" else [out / name for name in tasks]
+    if fmt == "polytask":
+        return [out]
+    return [out / name for name in (["base", *tasks] if fmt == "peft" else tasks)]

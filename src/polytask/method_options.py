@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from polytask.balance import BALANCERS
 from polytask.balance.engine import Options
+from polytask.models.adapters import ADAPTERS
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import Registry
 from polytask.tasks.sampling import SAMPLERS
@@ -34,12 +35,14 @@ METHOD_FIELDS: dict[str, Registry[Any]] = {
     "sampler": SAMPLERS,
     "balancer": BALANCERS,
     "model.architecture": ARCHITECTURES,
+    "model.adapter": ADAPTERS,
 }
 #: Constructor parameters that are not config options, per registry family.
 _NOT_OPTIONS: dict[str, frozenset[str]] = {
     "sampler": frozenset({"sizes", "total_steps", "seed"}),
     "architecture": frozenset({"input_dim", "task_names"}),
     "balancer": frozenset({"generator"}),
+    "adapter": frozenset({"task_names"}),
 }
 
 

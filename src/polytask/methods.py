@@ -9,6 +9,7 @@ from polytask.affinity import AFFINITY
 from polytask.balance import BALANCERS
 from polytask.merge import MERGERS
 from polytask.method_options import METHOD_FIELDS, method_options
+from polytask.models.adapters import ADAPTERS
 from polytask.models.sharing import ARCHITECTURES
 from polytask.registry import MethodInfo
 from polytask.tasks.kinds import TASK_KINDS
@@ -18,7 +19,8 @@ from polytask.train.callbacks import CALLBACKS
 
 
 def all_methods() -> list[MethodInfo]:
-    return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *TASK_KINDS.info(),
+    return [*SAMPLERS.info(), *BALANCERS.info(), *ARCHITECTURES.info(), *ADAPTERS.info(),
+            *TASK_KINDS.info(),
             *CALLBACKS.info(), *MERGERS.info(),
             *AFFINITY.info()]
 

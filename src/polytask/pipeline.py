@@ -17,11 +17,21 @@ from torch import nn
 
 from polytask.config import ModelConfig, RunConfig
 from polytask.errors import ConfigError, DataError
-from polytask.models.backbones import HFEncoder, build_tabular, build_text, text_inputs
+from polytask.models.adapters import ADAPTERS, Adapter
+from polytask.models.backbones import (
+    HFEncoder,
+    MLPBackbone,
+    build_tabular,
+    build_text,
+    text_inputs,
+)
+from polytask.models.generative import build_generative, check_sharing
+from polytask.models.images import BatchTransform, ImageInputs
 from polytask.models.inputs import TabularInputs, TextInputs, content_hash
 from polytask.models.model import MultiTaskModel
 from polytask.models.sharing import ARCHITECTURES
-from polytask.models.spec import BackboneSpec
+from polytask.models.spec import IMAGE_BACKBONES, BackboneSpec
+from polytask.models.vision import build_vision
 from polytask.suites import load_suite
 from polytask.tasks.data import (
     SHARED,
@@ -61,6 +71,8 @@ def resolve(config: RunConfig) -> Resolved:
         if unknown:
             raise ConfigError(f"only: unknown task(s) {unknown}; the tasks are {known}")
         tasks = [t for t in tasks if t.name in config.only]
+    if config.split is not None:
+        config.split.check(tasks)
     if backbone is None:
         raise ConfigError("model.backbone: required (e.g. {type: hf, name: minilm-l6} or "
                           "{type: mlp}) unless a `suite` provides one")
@@ -152,6 +164,8 @@ def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
     `backbone` of the user's, only the input encoder is built (no weights are loaded)."""
     if spec.type == "hf":
         return build_text(spec) if backbone is None else (backbone, text_inputs(spec))
+    if spec.type in IMAGE_BACKBONES:
+        return _build_images(spec, sources, inputs_of, backbone)
     tabular = TabularInputs(spec.impute, spec.impute_value or 0.0, spec.missing_indicator,
                             spec.categorical)
     column_sets = {tuple(c) for c in inputs_of.values()}
@@ -167,6 +181,31 @@ def build_encoder(spec: BackboneSpec, sources: dict[str, Source],
     return (build_tabular(spec, tabular) if backbone is None else backbone), tabular
 
 
+def _build_images(spec: BackboneSpec, sources: dict[str, Source],
+                  inputs_of: dict[str, list[str]], backbone: nn.Module | None,
+                  ) -> tuple[nn.Module, ImageInputs]:
+    """The image backbone and its `ImageInputs`, fitted on the first source's train rows."""
+    column_sets = {tuple(c) for c in inputs_of.values()}
+    if len(column_sets) > 1:
+        raise ConfigError(f"an image backbone (model.backbone.type: {spec.type}) reads the same "
+                          f"image column for every task; got {sorted(column_sets)}. Name the "
+                          "same column for every task, or train them in separate runs.")
+    inputs = ImageInputs(spec.image)
+    inputs.fit(next(iter(sources.values())).frames["train"], list(next(iter(column_sets))))
+    return (build_vision(spec, inputs) if backbone is None else backbone), inputs
+
+
+def _batch_transform(encoder: Any, kinds: dict[str, TaskKind]) -> BatchTransform | None:
+    """The training-batch augmentation of image inputs, with each dense kind's padding
+    value (`augment_fill`) and flipped channel (`flip_negate_channel`)."""
+    if not isinstance(encoder, ImageInputs):
+        return None
+    fill = {t: float(getattr(k, "augment_fill", 0)) for t, k in kinds.items()}
+    negate = {t: k.flip_negate_channel for t, k in kinds.items()
+              if getattr(k, "flip_negate_channel", None) is not None}
+    return encoder.batch_transform(fill, negate)
+
+
 def _input_owner(readers: list[Task], kinds: dict[str, TaskKind]) -> TaskKind | None:
     """The kind that encodes the inputs of a source itself (see `TaskKind.owns_inputs`), or
     None when the backbone's input encoder reads the task columns."""
@@ -177,6 +216,12 @@ def _input_owner(readers: list[Task], kinds: dict[str, TaskKind]) -> TaskKind | 
             f"needs a dataset of its own, but tasks {[t.name for t in readers]} share one; give "
             f"task {owners[0].name!r} its own `data:` section")
     return kinds[owners[0].name] if owners else None
+
+
+def _tags_words(kind: TaskKind) -> bool:
+    """The kind labels words of its input, aligned to sub-words here (token classification);
+    a token-level kind that builds its own inputs (extractive QA) labels tokens itself."""
+    return kind.level == "token" and not kind.owns_inputs
 
 
 def build_kinds(tasks: list[Task]) -> dict[str, TaskKind]:
@@ -206,11 +251,13 @@ def prepare(config: RunConfig,
                     f"tasks.{task.name}: kind {task.kind!r} tags words, so it needs a text "
                     "backbone (model.backbone.type: hf), not an MLP over table columns"
                 )
-    backbone, encoder = build_encoder(resolved.backbone, sources, inputs_of, backbone)
+    generative = [t.name for t in resolved.tasks if kinds[t.name].generative]
+    backbone, encoder = (build_generative(resolved.backbone, generative, backbone) if generative
+                         else build_encoder(resolved.backbone, sources, inputs_of, backbone))
     splits: dict[str, dict[str, SplitData]] = {}
     for name, source in sources.items():
         readers = [t for t in resolved.tasks if task_source[t.name] == name]
-        words = any(kinds[t.name].level == "token" for t in readers)
+        words = any(_tags_words(kinds[t.name]) for t in readers)
         owner = _input_owner(readers, kinds)
         for task in readers:
             kinds[task.name].fit(source.frames["train"])
@@ -218,7 +265,7 @@ def prepare(config: RunConfig,
         where = "data" if name == SHARED else f"tasks.{name}.data"
         for split, frame in source.frames.items():
             for task in readers:
-                if kinds[task.name].level == "token":
+                if _tags_words(kinds[task.name]):
                     check_token_lengths(task, frame, split)
             try:
                 inputs = (owner.encode_inputs(frame, encoder, split) if owner is not None
@@ -226,19 +273,21 @@ def prepare(config: RunConfig,
             except DataError as error:
                 raise DataError(f"{where} ({split} split): {error}") from None
             if (isinstance(backbone, HFEncoder) and backbone.frozen and not words
+                    and config.model.adapter is None
                     and owner is None):
                 key = content_hash(encoder.name, inputs_of[name], frame[inputs_of[name]].values)
                 inputs = backbone.embed_all(inputs, key)
             labels = {}
             for task in readers:
                 encoded = kinds[task.name].encode(frame, split)
-                if kinds[task.name].level == "token":
+                if _tags_words(kinds[task.name]):
                     encoded = align_token_labels(encoded, inputs["word_index"])
                 labels[task.name] = encoded
             splits[name][split] = SplitData(inputs, labels)
     record = {"sources": {n: _source_record(src, config.train.split_seed)
                           for n, src in sources.items()}}
-    data = PreparedData(resolved.tasks, kinds, task_source, splits, record)
+    data = PreparedData(resolved.tasks, kinds, task_source, splits, record,
+                        _batch_transform(encoder, kinds))
     model = build_model(config.model, resolved.tasks, kinds, backbone)
     return data, model, encoder, resolved.backbone
 
@@ -256,6 +305,9 @@ def build_model(settings: ModelConfig, tasks: list[Task], kinds: dict[str, TaskK
                 backbone: nn.Module) -> MultiTaskModel:
     """Backbone -> the configured sharing architecture -> one head per task."""
     names = [t.name for t in tasks]
+    generative = [n for n in names if kinds[n].generative]
+    if generative:
+        check_sharing(settings.architecture.name, settings.architecture.options, generative)
     architecture_cls = ARCHITECTURES.get(settings.architecture.name)
     try:
         architecture = architecture_cls(feature_width(backbone), names,
@@ -266,9 +318,28 @@ def build_model(settings: ModelConfig, tasks: list[Task], kinds: dict[str, TaskK
     for name in names:
         width = settings.head_hidden or architecture.output_dim
         head: nn.Module = kinds[name].build_head(width)
-        if settings.head_hidden:
+        if settings.head_hidden and not kinds[name].generative:  # the LM head is its own
             head = nn.Sequential(nn.Linear(architecture.output_dim, settings.head_hidden),
                                  nn.ReLU(), head)
         heads[name] = head
     levels = {n: kinds[n].level for n in names}
-    return MultiTaskModel(backbone, heads, architecture, levels)
+    adapter = build_adapter(settings, names, backbone)
+    return MultiTaskModel(backbone, heads, architecture, levels, adapter=adapter)
+
+
+def build_adapter(settings: ModelConfig, names: list[str], backbone: nn.Module) -> Adapter | None:
+    """The configured multi-task adapter attached to `backbone` (which it freezes), or None."""
+    if settings.adapter is None:
+        return None
+    if isinstance(backbone, MLPBackbone):
+        raise ConfigError(
+            f"model.adapter: {settings.adapter.name!r} adds low-rank parameters to the linear "
+            "layers of a frozen pretrained transformer, but the backbone is the tabular MLP "
+            "(model.backbone.type: mlp), which trains in full; remove model.adapter, or use a "
+            "Hugging Face backbone (model.backbone.type: hf)")
+    try:
+        adapter = ADAPTERS.get(settings.adapter.name)(names, **settings.adapter.options)
+    except TypeError as error:
+        raise ConfigError(f"model.adapter: {error}") from None
+    adapter.attach(backbone)
+    return adapter

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from polytask.tasks.kinds import TASK_KINDS
 from polytask.tasks.metrics import (
     HIGHER_IS_BETTER,
     classification_metrics,
     extract_entities,
+    generation_metrics,
     higher_is_better,
     multilabel_metrics,
     regression_metrics,
@@ -25,7 +27,8 @@ def test_classification_hand_worked() -> None:
     # class 0: F1 1; class 1: P 1/2 R 1 -> 2/3; class 2: P 1 R 1/2 -> 2/3; class 3 absent.
     # MCC = (c*s - sum p_k t_k) / sqrt((s^2 - sum p_k^2)(s^2 - sum t_k^2)) = (12-5)/10.
     out = classification_metrics(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), num_labels=4)
-    assert out == pytest.approx({"accuracy": 0.75, "macro_f1": 7 / 9, "mcc": 0.7})
+    assert out == pytest.approx({"accuracy": 0.75, "macro_f1": 7 / 9, "mcc": 0.7, "f1": 7 / 9,
+                                 "f1_accuracy": (0.75 + 7 / 9) / 2})
 
 
 def test_classification_macro_f1_counts_predicted_only_classes() -> None:
@@ -96,7 +99,8 @@ def test_regression_hand_worked() -> None:
     preds = np.array([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])
     out = regression_metrics(preds, labels)
     # column 0 exact; column 1 errors 1, 2, 3 -> mse 14/3, mae 2; both columns correlate 1.
-    assert out == pytest.approx({"pearson": 1.0, "spearman": 1.0, "mse": 7 / 3, "mae": 1.0})
+    assert out == pytest.approx({"pearson": 1.0, "spearman": 1.0, "pearson_spearman": 1.0,
+                                 "mse": 7 / 3, "mae": 1.0})
 
 
 def test_regression_spearman_and_pearson_differ() -> None:
@@ -207,8 +211,12 @@ def test_every_returned_metric_has_a_direction() -> None:
     names |= set(multilabel_metrics(np.eye(2, dtype=int), np.eye(2, dtype=int)))
     names |= set(regression_metrics(np.arange(3.0), np.arange(3.0)))
     names |= set(token_classification_metrics([["B-X"]], [["B-X"]]))
+    names |= set(generation_metrics(["a"], ["a"]))
+    for kind in TASK_KINDS.names():  # every kind's metrics, the dense ones included
+        names |= set(TASK_KINDS.get(kind).metric_names)
     assert names == set(HIGHER_IS_BETTER)
-    assert {n for n, hib in HIGHER_IS_BETTER.items() if not hib} == {"mse", "mae"}
+    assert {n for n, hib in HIGHER_IS_BETTER.items() if not hib} == {
+        "mse", "mae", "abs_err", "rel_err", "mean_angle", "median_angle"}
     assert all(higher_is_better(name) == HIGHER_IS_BETTER[name] for name in names)
 
 

@@ -95,3 +95,11 @@ def test_zero_noise_makes_a_group_identical() -> None:
 def test_bad_options_say_what_to_change(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_suite("planted", **options)
+
+
+def test_an_option_a_suite_does_not_take_is_a_config_error_listing_its_options() -> None:
+    from polytask.errors import ConfigError
+    from polytask.suites import load_suite
+
+    with pytest.raises(ConfigError, match=r"'planted' takes no option \['options'\].*'groups'"):
+        load_suite("planted", options={"groups": 2})

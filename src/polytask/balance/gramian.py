@@ -18,6 +18,16 @@ per-head gradients, so the heads are not traversed with T-row gradients (at T = 
 this was about a third of the step). The Gramian and the update are formed without autograd
 recording (the saved layer inputs require grad, and recorded products run slower).
 
+A 2-D convolution is the same product on its unfolded (im2col) input: with U the
+(B·L) x (C_in·kh·kw) patches of X (L output positions per image) and Z_t reshaped to
+(B·L) x C_out, ∇W_t = Z_tᵀ U. A convolution takes that path only where the kernel form wins
+(deep layers: few positions, many channels; see `_use_kernel` with B·L rows): where the
+explicit per-task gradients are cheaper, torch's own convolution weight-gradient kernels
+(in the batched backward) form them faster than a product with U (measured: LeNet on
+MultiMNIST ran 2x slower with its convolutions unfolded). Convolutions that are grouped,
+transposed, not 2-D, or whose unfolded input would exceed `UNFOLD_ENTRIES` also keep the
+batched backward's per-task gradients; the debug log of this module says which and why.
+
 Methods that act per coordinate (GradDrop, sparse training) read the per-task gradients
 through `TaskGradients.blocks`: a few rows of a layer's weight at a time, formed from the
 factors when needed, so the T x P matrix is never held.
@@ -25,10 +35,12 @@ factors when needed, so the T x P matrix is never held.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, Node
 
@@ -41,8 +53,14 @@ from polytask.balance.jacobian import (
     flatten_grads,
 )
 
+log = logging.getLogger(__name__)
+
 #: node type -> (index of the input's edge, name of the saved input)
 _LINEAR_NODES = {"AddmmBackward0": (1, "_saved_mat1"), "MmBackward0": (0, "_saved_self")}
+_CONV_NODE = "ConvolutionBackward0"
+#: a convolution's unfolded input is formed up to this many entries (128 MB in float32);
+#: a larger one keeps explicit per-task gradients from the batched backward
+UNFOLD_ENTRIES = 1 << 25
 #: default number of entries (T x columns) in one block of `TaskGradients.blocks`; at
 #: T = 10, H = 1024 on one CPU core, blocks of 2^20 entries (64 rows) ran fastest of 2^16-2^21
 BLOCK = 1 << 20
@@ -50,12 +68,42 @@ BLOCK = 1 << 20
 
 @dataclass
 class LinearLayer:
-    """One linear layer found in the graph: its output edge, input and parameters."""
+    """One linear layer found in the graph: its output edge, input and parameters. For a
+    convolution, `conv` holds its (stride, padding, dilation) and `inputs` its B x C x H x W
+    input, which `unfolded` turns into the (B·L) x (C_in·kh·kw) rows of the linear form."""
 
     node: Node
     inputs: Tensor
     weight: Tensor
     bias: Tensor | None
+    conv: tuple[Sequence[int], Sequence[int], Sequence[int]] | None = None
+
+    def rows(self) -> int:
+        """Rows of the linear form: the batch, or for a convolution batch x positions."""
+        if self.conv is None:
+            return self.inputs.shape[0]
+        positions = 1
+        for size, k, s, p, d in zip(self.inputs.shape[2:], self.weight.shape[2:], *self.conv,
+                                    strict=True):
+            positions *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+        return self.inputs.shape[0] * positions
+
+    def unfolded(self) -> LinearLayer:
+        """The convolution with its input unfolded into rows (im2col)."""
+        stride, padding, dilation = self.conv  # type: ignore[misc]
+        with torch.no_grad():
+            patches = F.unfold(self.inputs, self.weight.shape[2:], dilation=dilation,
+                               padding=padding, stride=stride)
+        rows = patches.transpose(1, 2).reshape(-1, self.weight[0].numel())
+        return LinearLayer(self.node, rows, self.weight, self.bias, self.conv)
+
+    def output_rows(self, z: Tensor, tasks: int) -> Tensor:
+        """The T stacked gradients of the layer's output as T x rows x d_out, rows in the
+        order of `inputs` (for a convolution: image-major, then output position)."""
+        d_out = self.weight.shape[0]
+        if self.conv is None:
+            return z.reshape(tasks, -1, d_out)
+        return z.reshape(tasks, z.shape[1], d_out, -1).transpose(2, 3).reshape(tasks, -1, d_out)
 
 
 def _graph(root: Node) -> tuple[list[Node], dict[Node, int]]:
@@ -96,6 +144,11 @@ def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> 
     nodes, consumers = _graph(root)
     layers = []
     for node in nodes:
+        if type(node).__name__ == _CONV_NODE:
+            layer = _found_conv(node, consumers, owned)
+            if layer is not None:
+                layers.append(layer)
+            continue
         kind = _LINEAR_NODES.get(type(node).__name__)
         if kind is None:
             continue
@@ -119,9 +172,59 @@ def find_linear_layers(root: Tensor | Node | None, params: Sequence[Tensor]) -> 
     return layers
 
 
+def _found_conv(node: Node, consumers: dict[Node, int], owned: dict[int, Tensor],
+                ) -> LinearLayer | None:
+    """The layer of a convolution node whose weight is a shared parameter used once."""
+    weight = _leaf(node.next_functions[1][0], consumers, owned)
+    if weight is None:
+        return None
+    bias_node = node.next_functions[2][0] if len(node.next_functions) > 2 else None
+    return linear_layer(node, weight, _leaf(bias_node, consumers, owned))
+
+
+def _conv_layer(node: Node, weight: Tensor, bias: Tensor | None) -> LinearLayer | None:
+    """A 2-D convolution as a linear layer (its input not unfolded yet); None (logged) for
+    a grouped, transposed or other than 2-D one."""
+    inputs = getattr(node, "_saved_input", None)
+    why = None
+    if node._saved_transposed or node._saved_groups != 1:  # type: ignore[attr-defined]
+        why = "transposed or grouped"
+    elif weight.dim() != 4 or inputs is None or inputs.dim() != 4:
+        why = "not a 2-D convolution"
+    if why is not None:
+        _log_fallback(weight, why)
+        return None
+    geometry = (node._saved_stride, node._saved_padding,  # type: ignore[attr-defined]
+                node._saved_dilation)  # type: ignore[attr-defined]
+    return LinearLayer(node, inputs.detach(), weight, bias, geometry)
+
+
+def _log_fallback(weight: Tensor, why: str) -> None:
+    log.debug("convolution with weight %s: %s; its per-task gradients come from the batched "
+              "backward instead of the unfolded (im2col) form", tuple(weight.shape), why)
+
+
+def _factored_conv(layer: LinearLayer, tasks: int) -> LinearLayer | None:
+    """A convolution unfolded for the kernel form, or None (logged) where the explicit
+    per-task gradients of the batched backward are cheaper or the rows too many."""
+    rows, d_in, d_out = layer.rows(), layer.weight[0].numel(), layer.weight.shape[0]
+    if not _use_kernel(rows, d_in, d_out, tasks):
+        _log_fallback(layer.weight, f"{rows} rows of width {d_in}: explicit per-task gradients "
+                      "cost less than the kernel form")
+        return None
+    if rows * d_in > UNFOLD_ENTRIES:
+        _log_fallback(layer.weight, f"unfolded input of {rows * d_in} entries > "
+                      f"UNFOLD_ENTRIES ({UNFOLD_ENTRIES})")
+        return None
+    return layer.unfolded()
+
+
 def linear_layer(node: Node, weight: Tensor, bias: Tensor | None) -> LinearLayer | None:
-    """The layer of a linear node whose weight (and bias) were found in the graph; None
-    when its saved input is not a matrix or it scales its product (alpha, beta != 1)."""
+    """The layer of a linear (or 2-D convolution) node whose weight (and bias) were found
+    in the graph; None when its saved input is not a matrix or it scales its product
+    (alpha, beta != 1), or for a convolution the unfolded form does not apply."""
+    if type(node).__name__ == _CONV_NODE:
+        return _conv_layer(node, weight, bias)
     if getattr(node, "_saved_alpha", 1) != 1 or getattr(node, "_saved_beta", 1) != 1:
         return None
     inputs = getattr(node, _LINEAR_NODES[type(node).__name__][1])
@@ -188,7 +291,9 @@ class TaskGradients:
         root_node = root.node if isinstance(root, GradientEdge) else root.grad_fn
         if layers is None or cut is None or not isinstance(root, GradientEdge):
             layers = find_linear_layers(root_node, self.params)
-        self.layers = layers
+        factored = (layer if layer.conv is None else _factored_conv(layer, self.tasks)
+                    for layer in layers)
+        self.layers = [layer for layer in factored if layer is not None]
         #: per layer: the explicit per-task weight gradients (transposed: T x d_in·d_out)
         #: and bias gradients (T x d_out) when `gramian()` formed and kept them
         self.explicit: dict[int, tuple[Tensor, Tensor | None]] = {}
@@ -206,7 +311,7 @@ class TaskGradients:
         for direct in at_root:
             outputs.append(cut if direct else grads.pop(0))
         self.outputs = [
-            None if z is None else z.reshape(self.tasks, -1, layer.weight.shape[0])
+            None if z is None else layer.output_rows(z, self.tasks)
             for z, layer in zip(outputs, self.layers, strict=True)
         ]
         self.other_grads = flatten_grads(grads, self.others, self.tasks, like)
@@ -289,7 +394,7 @@ class TaskGradients:
                 if is_bias:
                     yield i, 0, z.sum(1)
                     continue
-                d_out, d_in = p.shape
+                d_out, d_in = p.shape[0], p[0].numel()
                 # a power of two: matrix products of odd sizes run markedly slower
                 rows = 1 << max(0, (size // max(1, t * d_in)).bit_length() - 1)
                 x = layer.inputs
@@ -316,13 +421,15 @@ class TaskGradients:
                 continue
             if i in self.explicit:
                 rows, sums = self.explicit[i]
-                update = (w @ rows).view(layer.weight.shape[::-1]).T.contiguous()
+                d_out = layer.weight.shape[0]
+                update = (w @ rows).view(-1, d_out).T.contiguous().view(layer.weight.shape)
                 add_grad(layer.weight, update, fresh=True)
                 if layer.bias is not None and sums is not None:
                     add_grad(layer.bias, w @ sums, fresh=True)
                 continue
             combined = (w @ z.reshape(self.tasks, -1)).view(z.shape[1:])
-            add_grad(layer.weight, combined.T @ layer.inputs, fresh=True)
+            add_grad(layer.weight, (combined.T @ layer.inputs).view(layer.weight.shape),
+                     fresh=True)
             if layer.bias is not None:
                 add_grad(layer.bias, combined.sum(0), fresh=True)
         if not self.others:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polytask.evaluate.delta import relative_change
+from polytask.models.generative import decoding
 from polytask.models.model import MultiTaskModel
 from polytask.process import World
 from polytask.tasks.data import PreparedData, eval_batches
@@ -38,7 +39,8 @@ def predict_split(model: MultiTaskModel, data: PreparedData, split: str, batch_s
         rows = data.splits[source][split]
         for inputs, labels in eval_batches(rows, readers, batch_size, world.shard(rows.size)):
             on_device = {k: v.to(device) for k, v in inputs.items()}
-            outputs = model({t: on_device for t in readers}).outputs
+            with decoding(model):  # generation tasks generate text (no-op for the others)
+                outputs = model({t: on_device for t in readers}).outputs
             for task in readers:
                 prediction = data.kinds[task].predict(outputs[task]).cpu()
                 collected[task][0].append(prediction)

@@ -223,6 +223,30 @@ def single_vs_multi_figure(results: Mapping[str, Any]) -> Figure | None:
     return figure
 
 
+def pareto_front_figure(front: Mapping[str, Any]) -> Figure | None:
+    """A palora run's front (pareto.json): for each pair of tasks, the primary metric of one
+    against the other at each evaluated preference, coloured by the first task's weight."""
+    tasks = front.get("tasks") or {}
+    points = front.get("points") or []
+    if len(tasks) < 2 or not points:
+        return None
+    pairs = [(a, b) for i, a in enumerate(tasks) for b in list(tasks)[i + 1:]]
+    figure = _figure(*_grid_size(len(pairs), columns=3, cell=(3.6, 3.2)))
+    for axis, (first, second) in zip(_grid(figure, len(pairs), columns=3), pairs, strict=True):
+        x = [p["metrics"][first][tasks[first]["metric"]] for p in points]
+        y = [p["metrics"][second][tasks[second]["metric"]] for p in points]
+        weight = [p["preference"][first] for p in points]
+        axis.plot(x, y, color=COLOURS[6], linewidth=1, zorder=1)
+        dots = axis.scatter(x, y, c=weight, cmap="viridis", vmin=0, vmax=1, zorder=2)
+        for name, set_label in ((first, axis.set_xlabel), (second, axis.set_ylabel)):
+            arrow = "↑" if tasks[name]["higher_is_better"] else "↓"
+            set_label(f"{name} · {tasks[name]['metric']} {arrow}", fontsize=9)
+        axis.grid(alpha=0.3)
+        figure.colorbar(dots, ax=axis, label=f"preference for {first}")
+    figure.suptitle(f"Pareto front over preferences ({front.get('split', 'test')})")
+    return figure
+
+
 def _zoom(axis: Any, values: Sequence[float], errors: Sequence[float] | None = None) -> None:
     """Bars of close values: start the axis near them so the difference is visible."""
     lows = [v - (e or 0) for v, e in zip(values, errors or [0] * len(values), strict=True)]

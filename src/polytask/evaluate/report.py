@@ -7,7 +7,8 @@
 A **run** report shows the test results table, the training loss and validation metric of
 every task over training, the task weights over training (loss weightings whose weights
 move), the pairwise gradient cosine heatmap (balancers that saw per-task gradients logged
-`cosine/<a>/<b>`), and each task's multi-task vs single-task test value. A **bench** report
+`cosine/<a>/<b>`), each task's multi-task vs single-task test value, and for a palora run
+traced with `polytask eval --pareto K` its Pareto front (pareto.json). A **bench** report
 shows the leaderboard table, Δm% per method with error bars over seeds, every task's metric
 per method against single-task, and Δm% against step-time cost, with links to each cell's
 own report. Every figure is also written as a PNG beside report.html. matplotlib (Agg) only;
@@ -39,6 +40,7 @@ FIGURE_TITLES = {
     "task_weights": "Task weights over training",
     "gradient_cosine": "Pairwise gradient cosine over training",
     "single_vs_multi": "Multi-task vs single-task (test)",
+    "pareto_front": "Pareto front over preferences (palora)",
     "delta_m": "Δm% by method",
     "per_task": "Per-task test metric by method",
     "cost": "Δm% vs step time",
@@ -253,6 +255,12 @@ def write_run_report(run_dir: str | Path) -> Path:
         page.figure("single_vs_multi", plots.single_vs_multi_figure(results),
                     "Test value of each task's primary metric; the change is relative to the "
                     "single-task baseline (positive = better).")
+    front = _read_json(run_dir / "pareto.json")
+    if front is not None:
+        page.figure("pareto_front", plots.pareto_front_figure(front),
+                    "A palora run evaluated at preference vectors spread over the simplex "
+                    "(<code>polytask eval --pareto K</code>): each point is one preference, "
+                    "coloured by the weight of the task on the horizontal axis.")
     return page.write()
 
 

@@ -23,12 +23,15 @@ from polytask.models.inputs import (
     collate,
     content_hash,
 )
-from polytask.models.spec import PACKAGED_ENCODERS, BackboneSpec
+from polytask.models.packaged import converted_folder
+from polytask.models.spec import GGUF_MODELS, PACKAGED_ENCODERS, BackboneSpec
 
 
 def resolve_model_path(name: str) -> str:
     """A packaged alias ('minilm-l6') → its folder inside the wheel; otherwise `name`
     (a local folder, or a hub id that transformers downloads when online)."""
+    if name in GGUF_MODELS:
+        return str(converted_folder(name))
     if name in PACKAGED_ENCODERS:
         package = PACKAGED_ENCODERS[name]
         try:
@@ -76,9 +79,23 @@ class HFEncoder(nn.Module):
     def forward(self, inputs: Encoded, level: str = "sequence") -> Tensor:
         if "embedding" in inputs:  # precomputed by a frozen encoder
             return inputs["embedding"]
+        if inputs["input_ids"].dim() == 3:
+            return self._forward_choices(inputs, level)
         model_inputs = {k: v for k, v in inputs.items() if k != "word_index"}
         hidden = self.encoder(**model_inputs).last_hidden_state
         return hidden if level == "token" else self.pool(hidden, inputs["attention_mask"])
+
+    def _forward_choices(self, inputs: Encoded, level: str) -> Tensor:
+        """B x C x L inputs (one sequence per choice) -> B x C x D features (B x C x L x D at
+        token level): the sequences that hold tokens run as one batch; padding choices (no
+        token) get zero features."""
+        rows, choices = inputs["input_ids"].shape[:2]
+        flat = {k: v.flatten(0, 1) for k, v in inputs.items()}
+        present = flat["attention_mask"].sum(dim=-1) > 0
+        features = self.forward({k: v[present] for k, v in flat.items()}, level)
+        out = features.new_zeros((rows * choices, *features.shape[1:]))
+        out[present] = features
+        return out.unflatten(0, (rows, choices))
 
     @torch.no_grad()
     def embed_all(self, encoded: Encoded, key: str, batch_size: int = 64) -> Encoded:

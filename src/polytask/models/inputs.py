@@ -51,11 +51,12 @@ def cached_tensors(kind: str, key: str, compute: Any) -> Encoded:
 
 def collate(encoded: Encoded, indices: Tensor) -> Encoded:
     """The rows `indices` (a 1-D long tensor) of every tensor; padded token tensors are
-    trimmed to the batch's longest sequence."""
+    trimmed to the batch's longest sequence (their last dimension: B x L, or B x C x L for
+    one sequence per choice)."""
     batch = {k: v.index_select(0, indices) for k, v in encoded.items()}
     if "attention_mask" in batch:
-        length = int(batch["attention_mask"].sum(dim=1).max().clamp(min=1))
-        batch = {k: v[:, :length] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
+        length = int(batch["attention_mask"].sum(dim=-1).max().clamp(min=1))
+        batch = {k: v[..., :length] if k in SEQUENCE_KEYS else v for k, v in batch.items()}
     return batch
 
 
@@ -78,6 +79,12 @@ class TextInputs:
             raise DataError(
                 f"a text backbone reads one text column or a pair, got {columns}; "
                 "join the columns first or list at most two."
+            )
+        if words and len(columns) > 1:
+            raise DataError(
+                f"a token task tags the words of one column of word lists, got {columns}; "
+                "text pairs are for sentence-level kinds (classification, multilabel, "
+                "regression)."
             )
         values = [frame[c].tolist() for c in columns]
         key = content_hash(self.name, self.max_length, words, values)

@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from polytask.errors import DataError
+from polytask.models.images import BatchTransform
 from polytask.models.inputs import Encoded, collate
+from polytask.tasks.fields import compose_columns, select_columns
 from polytask.tasks.fingerprint import data_fingerprint
 from polytask.tasks.kinds import IGNORE, TaskKind
 from polytask.tasks.spec import SPLITS, DataSpec, Task
@@ -48,13 +51,33 @@ def _to_frame(table: Any, where: str) -> pd.DataFrame:
                     "DataFrame, a datasets Dataset/DatasetDict or a dict of split -> table")
 
 
+def _read_npz(path: Path, where: str) -> pd.DataFrame:
+    """A NumPy `.npz` file as a table: one column per array, one row per entry of the first
+    dimension; an array of more dimensions (images) gives a column of per-row arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            columns = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError) as error:
+        raise DataError(f"{where}: cannot read {str(path)!r} as a NumPy .npz file: {error}"
+                        ) from None
+    lengths = {name: len(array) if array.ndim else 0 for name, array in columns.items()}
+    if not columns or len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise DataError(f"{where}: the arrays of {str(path)!r} must all have the same, non-zero "
+                        f"number of rows (first dimension); got {lengths}")
+    return pd.DataFrame({name: list(array) if array.ndim > 1 else array
+                         for name, array in columns.items()})
+
+
 def _read_file(path: Path, where: str, spec: DataSpec) -> pd.DataFrame:
     from datasets import load_dataset
 
+    if path.suffix.lower() == ".npz":
+        _refuse_csv_options(spec, where, "an .npz file")
+        return _read_npz(path, where)
     builder = _BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise DataError(f"{where}: cannot read {str(path)!r}: use .csv, .tsv, .json, .jsonl "
-                        "or .parquet")
+                        "or .parquet (or .npz for arrays)")
     if path.stat().st_size == 0:
         raise DataError(f"{where}: file {str(path)!r} is empty; give it a header and rows, or "
                         "leave the split out (a missing validation/test split is carved from "
@@ -236,7 +259,8 @@ def _name_splits(frames: dict[str, pd.DataFrame], spec: DataSpec | None,
     named: dict[str, pd.DataFrame] = {}
     source_of: dict[str, str] = {}  # polytask split -> the dataset's split it reads
     explicit = spec.split_names if spec else {}
-    for split in SPLITS:
+    carved = spec.carve if spec else []
+    for split in (s for s in SPLITS if s not in carved):
         candidates = (explicit[split],) if split in explicit else _ALIASES[split]
         found = next((c for c in candidates if c in frames), None)
         if found is None and split in explicit:
@@ -254,6 +278,14 @@ def _name_splits(frames: dict[str, pd.DataFrame], spec: DataSpec | None,
     if "train" not in named:
         raise DataError(f"{where}: no training split; the dataset has {sorted(frames)}. Map one "
                         "with `split_names: {train: NAME}`.")
+    for extra, found in (spec.extra_splits if spec else {}).items():
+        if found not in frames:
+            raise DataError(f"{where}.extra_splits.{extra}: the dataset has no split {found!r}; "
+                            f"it has {sorted(frames)}")
+        if found in source_of.values():
+            raise DataError(f"{where}.extra_splits.{extra}: the dataset's split {found!r} is "
+                            "already read as one of train/validation/test; pick another")
+        named[extra] = frames[found]
     return named
 
 
@@ -262,6 +294,10 @@ def _apply_spec(frame: pd.DataFrame, spec: DataSpec | None, split: str,
     """`rename` and `constant` (`max_rows` is applied after carving, see `load_source`)."""
     if spec is None:
         return frame
+    if spec.columns:
+        frame = select_columns(frame, spec.columns, split, where)
+    if spec.compose:
+        frame = compose_columns(frame, spec.compose, split, where)
     for old, new in spec.rename.items():
         if old not in frame.columns:
             raise DataError(f"{where}.rename: column {old!r} is not in the {split} split; "
@@ -437,6 +473,8 @@ class PreparedData:
     task_source: dict[str, str]
     splits: dict[str, dict[str, SplitData]]
     record: dict[str, Any]
+    #: Train-time augmentation of a batch (image inputs), applied by `BatchStream` only.
+    batch_transform: BatchTransform | None = None
 
     def sources_of(self, tasks: Sequence[str]) -> dict[str, list[str]]:
         """Group task names by the source they read, in task order."""
@@ -456,15 +494,23 @@ class BatchStream:
     is just (epoch, position) per source. Tasks that read the same source in one step
     share the same rows (and one backbone pass). A batch never holds more rows than its
     source's train split: a larger `batch_size` is capped there (see `cap_notes`).
+
+    A batch is a pure function of its source's row offset (epoch x rows + position): its
+    rows, and the random draws of the data's `batch_transform` (augmentation), seeded by
+    (seed, source, offset). So with `num_workers` > 0, worker processes
+    (`torch.utils.data.DataLoader`) build each source's next batches ahead of the step
+    and a resumed run still gets exactly the batches it would have got.
     """
 
     def __init__(self, data: PreparedData, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, num_workers: int = 0) -> None:
         self.data = data
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
+        self.num_workers = num_workers
+        self._prefetched: dict[str, Iterator[tuple[int, Encoded, dict[str, Tensor]]]] = {}
         self.sources = sorted(data.splits)
         self.batch_sizes = {s: min(batch_size, data.splits[s]["train"].size)
                             for s in self.sources}
@@ -494,10 +540,24 @@ class BatchStream:
         self._orders[source] = (epoch, order)
         return order
 
-    def _indices(self, source: str) -> Tensor:
-        """This rank's slice of the next global batch (batch size x world_size rows)."""
-        batch_size = self.batch_sizes[source]
+    def _offset(self, source: str) -> int:
+        """Rows of the source drawn so far, over all epochs."""
         epoch, position = self.position[source]
+        return epoch * self.data.splits[source]["train"].size + position
+
+    def _advance(self, source: str) -> int:
+        """Move the source past its next global batch; return that batch's offset."""
+        offset, size = self._offset(source), self.data.splits[source]["train"].size
+        end = offset + self.batch_sizes[source] * self.world_size
+        self.position[source] = (end // size, end % size)
+        return offset
+
+    def _indices(self, source: str, offset: int) -> Tensor:
+        """This rank's slice of the global batch (batch size x world_size rows) that starts
+        `offset` rows into the source's stream of epochs."""
+        batch_size = self.batch_sizes[source]
+        size = self.data.splits[source]["train"].size
+        epoch, position = divmod(offset, size)
         parts, needed = [], batch_size * self.world_size
         while needed:
             order = self._order(source, epoch)
@@ -507,34 +567,78 @@ class BatchStream:
             position += take.numel()
             if position >= order.numel():
                 epoch, position = epoch + 1, 0
-        self.position[source] = (epoch, position)
         start = self.rank * batch_size
         rows = parts[0] if len(parts) == 1 else torch.cat(parts)
         return rows[start : start + batch_size]
+
+    def source_batch(self, source: str, offset: int, tasks: Sequence[str],
+                     ) -> tuple[Encoded, dict[str, Tensor]]:
+        """The inputs and the labels of `tasks` of the source's batch at `offset`,
+        augmented by the data's `batch_transform` (if any)."""
+        split = self.data.splits[source]["train"]
+        indices = self._indices(source, offset)
+        inputs = collate(split.inputs, indices)
+        labels = {name: split.labels[name].index_select(0, indices) for name in tasks}
+        if self.data.batch_transform is not None:
+            generator = torch.Generator().manual_seed(
+                self.seed * 1_000_003 + self.sources.index(source) * 10_007 + offset * 7 + 1)
+            inputs, labels = self.data.batch_transform(inputs, labels, generator)
+        return inputs, {name: trim_labels(label, inputs) for name, label in labels.items()}
+
+    def _prefetched_batch(self, source: str, offset: int) -> tuple[Encoded, dict[str, Tensor]]:
+        """The batch at `offset`, built ahead by the source's worker processes."""
+        if source not in self._prefetched:
+            step = self.batch_sizes[source] * self.world_size
+            readers = self.data.sources_of([t.name for t in self.data.tasks])[source]
+            loader = DataLoader(_SourceBatches(self, source, readers), batch_size=None,
+                                sampler=itertools.count(offset, step),
+                                num_workers=self.num_workers)
+            self._prefetched[source] = iter(loader)
+        got, inputs, labels = next(self._prefetched[source])
+        if got != offset:  # the stream moved without the workers: never expected
+            raise RuntimeError(f"batch stream of {source!r}: workers built offset {got}, "
+                               f"the step needs {offset}")
+        return inputs, labels
 
     def next_batch(self, tasks: Sequence[str]) -> dict[str, tuple[Encoded, Tensor]]:
         """`{task: (inputs, labels)}` for the tasks of one step."""
         batch: dict[str, tuple[Encoded, Tensor]] = {}
         for source, names in self.data.sources_of(tasks).items():
-            split = self.data.splits[source]["train"]
-            indices = self._indices(source)
-            inputs = collate(split.inputs, indices)
+            offset = self._advance(source)
+            inputs, labels = (self._prefetched_batch(source, offset) if self.num_workers
+                              else self.source_batch(source, offset, names))
             for name in names:
-                labels = split.labels[name].index_select(0, indices)
-                batch[name] = (inputs, trim_labels(labels, inputs))
+                batch[name] = (inputs, labels[name])
         return batch
+
+    def close(self) -> None:
+        """Stop the worker processes (they restart, where the stream is, when needed)."""
+        self._prefetched.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": {s: list(p) for s, p in self.position.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.close()
         self.position = {s: (int(p[0]), int(p[1])) for s, p in state["position"].items()}
 
 
+class _SourceBatches:
+    """A map-style dataset for `DataLoader` workers: offset -> (offset, inputs, labels) of
+    one source's batch at that offset, for all the tasks that read the source."""
+
+    def __init__(self, stream: BatchStream, source: str, tasks: list[str]) -> None:
+        self.stream, self.source, self.tasks = stream, source, tasks
+
+    def __getitem__(self, offset: int) -> tuple[int, Encoded, dict[str, Tensor]]:
+        return (offset, *self.stream.source_batch(self.source, offset, self.tasks))
+
+
 def trim_labels(labels: Tensor, inputs: Encoded) -> Tensor:
-    """Token labels follow the inputs' trimming to the batch's longest sequence."""
+    """Token labels follow the inputs' trimming to the batch's longest sequence (the last
+    dimension of the token tensors)."""
     if labels.dtype == torch.long and labels.dim() == 2 and "input_ids" in inputs:
-        return labels[:, : inputs["input_ids"].shape[1]]
+        return labels[:, : inputs["input_ids"].shape[-1]]
     return labels
 
 

@@ -86,6 +86,10 @@ def _cell_text(value: Any) -> Any:
     list of words, an array, a number in a mixed column) as JSON."""
     if value is None or isinstance(value, str) or (isinstance(value, float) and value != value):
         return value
+    if isinstance(value, np.ndarray) and value.ndim >= 2 and value.dtype != object:
+        # an image: its bytes, shape and dtype (JSON of every pixel would be slow)
+        return f"{value.dtype}{value.shape}" + hashlib.sha256(
+            np.ascontiguousarray(value).tobytes()).hexdigest()
     return json.dumps(value, sort_keys=True,
                       default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
 

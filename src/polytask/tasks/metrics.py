@@ -32,6 +32,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "classification_metrics",
     "extract_entities",
+    "generation_metrics",
     "higher_is_better",
     "multilabel_metrics",
     "regression_metrics",
@@ -44,12 +45,15 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
     "macro_f1": True,
     "mcc": True,
+    "f1": True,
+    "f1_accuracy": True,
     # multilabel
     "micro_f1": True,
     "subset_accuracy": True,
     # regression
     "pearson": True,
     "spearman": True,
+    "pearson_spearman": True,
     "mse": False,
     "mae": False,
     # token classification
@@ -57,6 +61,22 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "entity_precision": True,
     "entity_recall": True,
     "token_accuracy": True,
+    # extractive QA (tasks/kinds/extractive_qa.py; `f1` is listed above)
+    "exact_match": True,
+    # text generation (tasks/kinds/generation.py; `exact_match` is listed above)
+    "rougeL": True,
+    "bleu": True,
+    "chrf": True,
+    # dense prediction (segmentation, depth, normals; computed in their task kinds)
+    "miou": True,
+    "pixel_accuracy": True,
+    "abs_err": False,
+    "rel_err": False,
+    "mean_angle": False,
+    "median_angle": False,
+    "within_11_25": True,
+    "within_22_5": True,
+    "within_30": True,
 }
 
 
@@ -102,7 +122,7 @@ def _as_int_array(values: np.ndarray, name: str, what: str) -> np.ndarray:
 def classification_metrics(
     predictions: np.ndarray, labels: np.ndarray, num_labels: int
 ) -> dict[str, float]:
-    """Single-label classification: accuracy, macro_f1 and mcc.
+    """Single-label classification: accuracy, macro_f1, mcc, f1 and f1_accuracy.
 
     Args:
         predictions: (N,) predicted class ids in ``[0, num_labels)``.
@@ -111,6 +131,10 @@ def classification_metrics(
 
     ``macro_f1`` averages the per-class F1 over the classes present in `labels` or
     `predictions`. ``mcc`` is Matthews' correlation (multi-class form), 0.0 when undefined.
+    ``f1`` is, for two classes, the F1 of class id 1 (the positive class, as scikit-learn's
+    ``pos_label=1``: GLUE's MRPC/QQP F1), and for more classes the macro F1 (SuperGLUE's CB
+    F1). ``f1_accuracy`` is the mean of ``f1`` and ``accuracy`` (GLUE's and SuperGLUE's score
+    of MRPC, QQP and CB).
     """
     what = "classification_metrics"
     preds = _as_int_array(predictions, "predictions", what)
@@ -137,10 +161,15 @@ def classification_metrics(
     with warnings.catch_warnings():  # constant inputs: mcc is 0 by definition here
         warnings.simplefilter("ignore", RuntimeWarning)
         mcc = matthews_corrcoef(gold, preds)
+    accuracy = float(np.mean(preds == gold))
+    f1 = (float(f1_score(gold, preds, pos_label=1, average="binary", zero_division=0))
+          if num_labels == 2 else float(macro_f1))
     return {
-        "accuracy": float(np.mean(preds == gold)),
+        "accuracy": accuracy,
         "macro_f1": float(macro_f1),
         "mcc": float(mcc),
+        "f1": f1,
+        "f1_accuracy": (f1 + accuracy) / 2,
     }
 
 
@@ -193,7 +222,8 @@ def _correlation(x: np.ndarray, y: np.ndarray, kind: str) -> float:
 
 
 def regression_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Regression: pearson, spearman, mse, mae, each averaged over the K outputs.
+    """Regression: pearson, spearman, their mean pearson_spearman (GLUE's STS-B score), mse
+    and mae, each averaged over the K outputs.
 
     Args:
         predictions: (N, K) or (N,) floats.
@@ -225,6 +255,7 @@ def regression_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str,
     return {
         "pearson": float(np.mean(pearson)),
         "spearman": float(np.mean(spearman)),
+        "pearson_spearman": float((np.mean(pearson) + np.mean(spearman)) / 2),
         "mse": float(np.mean(np.mean(errors**2, axis=0))),
         "mae": float(np.mean(np.mean(np.abs(errors), axis=0))),
     }
@@ -329,4 +360,39 @@ def token_classification_metrics(
         "entity_precision": float(precision),
         "entity_recall": float(recall),
         "token_accuracy": n_right / n_tokens,
+    }
+
+
+def _normalised(text: str) -> str:
+    """`text` with surrounding whitespace stripped and inner runs of whitespace collapsed."""
+    return " ".join(text.split())
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Generated text against one reference per example: exact_match, rougeL, bleu and chrf.
+
+    ``exact_match`` is the share of predictions equal to their reference once whitespace is
+    normalised (case kept). ``rougeL`` is the mean ROUGE-L F-measure of rouge-score (Lin
+    2004; its default tokenizer, with Porter stemming), in [0, 1]. ``bleu`` and ``chrf`` are
+    sacrebleu's corpus-level BLEU (Papineni et al. 2002) and chrF (Popović 2015), on their
+    usual 0-100 scale.
+    """
+    what = "generation_metrics"
+    if len(predictions) != len(references):
+        raise ValueError(f"{what}: {len(predictions)} predictions but {len(references)} "
+                         "references; pass one prediction per reference")
+    if not references:
+        raise ValueError(f"{what}: no examples (empty predictions and references)")
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    hypotheses = [_normalised(p) for p in predictions]
+    gold = [_normalised(r) for r in references]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(hypotheses, gold, strict=True)]
+    return {
+        "exact_match": float(np.mean([p == r for p, r in zip(hypotheses, gold, strict=True)])),
+        "rougeL": float(np.mean(rouge)),
+        "bleu": float(sacrebleu.corpus_bleu(hypotheses, [gold]).score),
+        "chrf": float(sacrebleu.corpus_chrf(hypotheses, [gold]).score),
     }

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polytask.files import plain_name
+from polytask.tasks.fields import parse_field_path, template_fields
 
 _IN_MEMORY_VALUES = ("DataFrame", "Dataset", "list", "ndarray", "Series")
 
@@ -48,6 +49,28 @@ class DataSpec(BaseModel):
     )
     rename: dict[str, str] = Field(
         default_factory=dict, description="Rename columns after loading: {old: new}."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Build the table from these columns only, each read "
+        "from a (nested) field of the rows: {answer: 'answers.text[0]', question: question}. "
+        "A path is dotted keys and [N] list indices; an index past the end of a list (e.g. "
+        "an unanswerable question's empty answer list) gives an empty cell. Applied before "
+        "`rename`.",
+    )
+    compose: dict[str, str] = Field(
+        default_factory=dict, description="New text columns filled from templates over the "
+        "row's columns (after `columns`): {context: '{premise} What was the {question}?'}. "
+        "Named {column} fields only (write {{ and }} for braces); filled in, never evaluated.",
+    )
+    carve: list[Literal["validation", "test"]] = Field(
+        default_factory=list, description="Splits to carve from train even when the dataset "
+        "has a split of that name, e.g. [validation] when `split_names: {test: validation}` "
+        "because the dataset's own test labels are hidden (GLUE).",
+    )
+    extra_splits: dict[str, str] = Field(
+        default_factory=dict, description="Further labelled splits of the dataset, scored like "
+        "test at the end of a run and reported per task in results.json (`extra_splits`): "
+        "{polytask name: dataset split}, e.g. {test_mismatched: validation_mismatched}.",
     )
     constant: dict[str, Any] = Field(
         default_factory=dict, description="Add constant columns: {column: value}."
@@ -88,20 +111,55 @@ class DataSpec(BaseModel):
                                  "to keep every row")
         return value
 
-    @field_validator("split_names")
-    @classmethod
-    def _distinct_splits(cls, value: dict[str, str]) -> dict[str, str]:
-        implicit = {s: s for s in SPLITS if s not in value}  # unmapped splits keep their name
+    @model_validator(mode="after")
+    def _distinct_splits(self) -> DataSpec:
+        value = self.split_names
+        # unmapped splits keep their name (carved ones read nothing)
+        implicit = {s: s for s in SPLITS if s not in value and s not in self.carve}
         used: dict[str, str] = {}
         for split, name in {**implicit, **value}.items():
             if name in used and split in value:
                 raise ValueError(
-                    f"{split} and {used[name]} would both read the dataset's split {name!r}; "
+                    f"split_names: {split} and {used[name]} would both read the dataset's "
+                    f"split {name!r}; "
                     "evaluating on training rows hides overfitting. Map each to its own split, "
-                    "or leave validation/test out to carve them from train."
+                    "or list the other in `carve` to carve it from train."
                 )
             used[name] = split
+        return self
+
+    @field_validator("columns")
+    @classmethod
+    def _field_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, path in value.items():
+            parse_field_path(path, f"columns.{column}")
         return value
+
+    @field_validator("compose")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, template in value.items():
+            template_fields(template, f"compose.{column}")
+        return value
+
+    @field_validator("extra_splits")
+    @classmethod
+    def _extra_split_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name in SPLITS:
+                raise ValueError(f"{name!r} is one of polytask's own splits; name the extra "
+                                 "split otherwise (e.g. test_mismatched), or map it with "
+                                 "`split_names`")
+            plain_name(name, "extra split name")
+        return value
+
+    @model_validator(mode="after")
+    def _carved_splits_unmapped(self) -> DataSpec:
+        both = sorted(set(self.carve) & set(self.split_names))
+        if both:
+            raise ValueError(f"carve: {both} also mapped in split_names; a split is either "
+                             "read from the dataset or carved from train, not both")
+        return self
 
     @field_validator("constant")
     @classmethod
@@ -219,6 +277,10 @@ class Task(BaseModel):
         default_factory=dict, description="Settings of the task's kind (e.g. `stride` for "
         "extractive_qa, `prompt` for generation), checked against the kind's own schema when the "
         "task is built; docs/tasks.md lists each kind's options."
+    )
+    catalog_entry: str | None = Field(
+        None, description="The catalog entry this task was declared from (e.g. glue/rte); set "
+        "when `tasks:` names one. Benchmark averages such as GLUE's score read it."
     )
 
     _data = field_validator("data", mode="before")(classmethod(lambda cls, v: coerce_data(v)))

@@ -42,7 +42,7 @@ def single_task_config(config: RunConfig, task: str) -> RunConfig:
     model = config.model.model_copy(update={"architecture": MethodConfig(name="hard_sharing")})
     return config.model_copy(update={
         "only": [task], "sampler": MethodConfig(name="all"), "balancer": MethodConfig(name="ew"),
-        "model": model, "baselines": "none", "name": f"baseline-{task}",
+        "model": model, "baselines": "none", "name": f"baseline-{task}", "split": None,
     })
 
 
@@ -60,9 +60,11 @@ def baseline_dir(config: RunConfig, task: str) -> Path:
 
 
 def cached_baselines(config: RunConfig) -> dict[str, float | None]:
-    """Each task's recorded single-task test value (None where not trained yet)."""
+    """Each task's recorded single-task test value (None where not trained yet). Tasks held
+    out by `split.eval_tasks` have none: they are scored zero-shot, not against a baseline."""
     values: dict[str, float | None] = {}
-    for task in resolve(config).tasks:
+    held_out = config.split.eval_tasks if config.split else []
+    for task in (t for t in resolve(config).tasks if t.name not in held_out):
         path = baseline_dir(config, task.name) / "results.json"
         values[task.name] = (json.loads(path.read_text())["tasks"][task.name]["value"]
                              if path.exists() else None)

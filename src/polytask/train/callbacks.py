@@ -49,6 +49,7 @@ from torch import Tensor
 
 from polytask.balance import BalanceResult
 from polytask.files import atomic_write_text
+from polytask.models.adapters import Adapter
 from polytask.models.inputs import Encoded
 from polytask.models.model import ModelOutput, MultiTaskModel
 from polytask.models.sharing import SharingArchitecture
@@ -168,15 +169,16 @@ class ArchitectureSchedule(Callback):
     shared / task-specific parameter split changed. The trainer adds it, first, for
     architectures that override `SharingArchitecture.before_step`."""
 
-    def __init__(self, architecture: SharingArchitecture,
+    def __init__(self, architecture: SharingArchitecture | Adapter,
                  on_split_change: Callable[[], None]) -> None:
         self.architecture = architecture
         self.on_split_change = on_split_change
 
     @staticmethod
-    def wanted(architecture: SharingArchitecture) -> bool:
-        """True when `architecture` has a schedule to follow."""
-        return type(architecture).before_step is not SharingArchitecture.before_step
+    def wanted(architecture: SharingArchitecture | Adapter) -> bool:
+        """True when `architecture` (or a multi-task adapter) has a schedule to follow."""
+        base = Adapter if isinstance(architecture, Adapter) else SharingArchitecture
+        return type(architecture).before_step is not base.before_step
 
     def on_step_begin(self, state: TrainerState, control: TrainerControl) -> None:
         if self.architecture.before_step(state.step, state.max_steps):

@@ -49,6 +49,7 @@ from polytask.train.callbacks import (
     scalars,
 )
 from polytask.train.distributed import DistributedBalancer
+from polytask.train.extras import run_extras, training_view
 from polytask.train.results import build_results, save_model, write_json
 from polytask.train.schedule import build_optimizer, build_scheduler
 from polytask.train.threads import default_threads
@@ -235,6 +236,8 @@ class Trainer:
         self.world, self.device = init_world(resolve_device(train.device))
         with loading_status(self.console, train.progress and is_main_process()):
             self.data, self.model, self.encoder, self.backbone_spec = self._prepare()
+        self.all_data = self.data  # with the tasks `split` holds out, scored after training
+        self.data = training_view(self.data, self.config.split)
         torch.set_num_threads(train.threads or default_threads(self.model))
         self.model.to(self.device)
         self.world.broadcast_module(self.model)
@@ -249,7 +252,7 @@ class Trainer:
             sizes=self.data.train_sizes(), total_steps=train.max_steps * train.grad_accum,
             seed=train.seed, **self.config.sampler.options)
         self.stream = BatchStream(self.data, train.batch_size, train.seed,
-                                  self.world.rank, self.world.size)
+                                  self.world.rank, self.world.size, train.num_workers)
         for note in self.stream.cap_notes() if is_main_process() else []:
             self.console.print(f"[yellow]{note}", highlight=False)
         self.callbacks = self._build_callbacks()
@@ -287,9 +290,26 @@ class Trainer:
         architecture = self.model.architecture
         schedule = ([ArchitectureSchedule(architecture, self._refresh_parameter_split)]
                     if ArchitectureSchedule.wanted(architecture) else [])
+        adapter = self.model.adapter
+        if adapter is not None and ArchitectureSchedule.wanted(adapter):
+            schedule.append(ArchitectureSchedule(adapter, self._refresh_parameter_split))
         named = [build_method(_Constructor(CALLBACKS), "train.callbacks", name)
                  for name in self.config.train.callbacks] if is_main_process() else []
         return [*schedule, *named, *self.user_callbacks]
+
+    def _report_trainable(self) -> None:
+        """With an adapter: print the trainable parameters, absolute and as a share of the
+        frozen backbone."""
+        adapter = self.model.adapter
+        if adapter is None or not is_main_process():
+            return
+        added = {id(p) for p in adapter.adapter_parameters()}
+        backbone = sum(p.numel() for p in self.model.backbone.parameters() if id(p) not in added)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.console.print(
+            f"adapter {adapter.name}: {trainable:,} trainable parameters "
+            f"({100 * trainable / max(backbone, 1):.2f}% of the backbone's {backbone:,}; "
+            f"the adapter's own: {adapter.trainable_parameter_count():,})", highlight=False)
 
     def _refresh_parameter_split(self) -> None:
         """Re-read which parameters are shared after the architecture changed its split."""
@@ -502,7 +522,10 @@ class Trainer:
 
     def _scaled(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """`losses` / `train.grad_accum` (as they are without accumulation: dividing by 1
-        changes no bit, and would cost two kernels per task)."""
+        changes no bit, and would cost two kernels per task), weighed by the adapter when it
+        weighs them (palora's training preference)."""
+        if self.model.adapter is not None:
+            losses = self.model.adapter.weigh_losses(losses)
         accum = self.config.train.grad_accum
         return losses if accum == 1 else {t: v / accum for t, v in losses.items()}
 
@@ -623,6 +646,7 @@ class Trainer:
             self.baselines = self._resolve_baselines()
         started = time.perf_counter()
         self._setup()
+        self._report_trainable()
         self._write_start()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", append=self.continuing,
                               enabled=is_main_process())
@@ -638,7 +662,7 @@ class Trainer:
             best = checkpoint.load_weights_file(self.run_dir / "best" / "model.safetensors")
             self.model.load_state_dict(best)
         if is_main_process():
-            save_model(self.run_dir / "model", self.model, self.data, self.backbone_spec,
+            save_model(self.run_dir / "model", self.model, self.all_data, self.backbone_spec,
                        self.encoder, self.config)
         test = evaluate(self.model, self.data, "test", self.config.train.eval_batch_size,
                         self.device, self.world)
@@ -646,6 +670,8 @@ class Trainer:
                                 self.baselines, stopped_early,
                                 wall_time=time.perf_counter() - started,
                                 step_time=float(np.median(step_times)) if step_times else None)
+        results.update(run_extras(self.model, self.all_data, self.data, self.config.split, test,
+                                  self.config.train.eval_batch_size, self.device, self.world))
         self._record({"step": self.step, "split": "test",
                         **{f"{t}/{m}": v for t, ms in test.items() for m, v in ms.items()}})
         self.log.close()

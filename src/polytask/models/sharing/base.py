@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -25,6 +26,10 @@ ARCHITECTURES: Registry[type[SharingArchitecture]] = Registry("architecture")
 
 class SharingArchitecture(nn.Module, ABC):
     """Maps shared features to one representation per task."""
+
+    #: The architecture reads a dense backbone's stage maps (`StagedFeatures`, e.g. MTAN over
+    #: SegNet); every other architecture gets the backbone's final map only.
+    reads_stages: ClassVar[bool] = False
 
     def __init__(self, input_dim: int, task_names: Sequence[str]) -> None:
         super().__init__()
