@@ -20,6 +20,7 @@ from polytask.errors import ConfigError
 from polytask.export import LOADER, export_run
 from polytask.models.inputs import collate
 from polytask.train.checkpoint import save_weights
+from tests.merge.test_export import polytask_logits
 
 SENTENCES = ["the movie was good and the plot moved", "an awful film", "tasty food"]
 WORDS = [["alice", "went", "to", "paris"], ["bob", "went", "to", "rome", "today"]]
@@ -67,16 +68,6 @@ def adapter_runs(tiny_bert: Path, text_files: dict[str, Path],
     return get
 
 
-def _polytask_logits(run_dir: Path, task: str, rows: pd.DataFrame) -> torch.Tensor:
-    run = polytask.load(run_dir)
-    words = run.kinds[task].level == "token"
-    encoded = run.encoder.encode(rows, run.tasks[task].input_columns, words=words)
-    batch = collate(encoded, torch.arange(len(rows)))
-    run.model.eval()
-    with torch.no_grad():
-        return run.model({task: batch}).outputs[task]
-
-
 def _loader_logits(code: str, texts: list[str]) -> torch.Tensor:
     """Run a README loader in a fresh namespace and call its `logits(texts)`."""
     namespace: dict[str, Any] = {}
@@ -107,7 +98,7 @@ def test_hf_merges_the_task_path_into_a_plain_encoder(adapter_runs: Any, method:
     out = tmp_path / "hf"
     folders = export_run(run, out, fmt="hf")
     assert [f.name for f in folders] == ["sentiment", "ner"]
-    expected = _polytask_logits(run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
+    expected = polytask_logits(run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
     assert (expected - _without_adapter(run)).abs().max() > 1e-3  # the path is not a no-op
     got = _loader_logits(LOADER.format(folder=out / "sentiment"), SENTENCES)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
@@ -119,7 +110,7 @@ def test_hf_merges_the_task_path_into_a_plain_encoder(adapter_runs: Any, method:
                       padding=True, return_tensors="pt")
     with torch.no_grad():
         tokens = token_model(**batch).logits
-    expected_tokens = _polytask_logits(run, "ner", pd.DataFrame({"tokens": WORDS}))
+    expected_tokens = polytask_logits(run, "ner", pd.DataFrame({"tokens": WORDS}))
     width = min(tokens.shape[1], expected_tokens.shape[1])
     assert torch.allclose(tokens[:, :width], expected_tokens[:, :width], atol=1e-5)
 
@@ -135,7 +126,7 @@ def test_peft_folders_reload_with_peft_to_the_same_logits(adapter_runs: Any, met
     assert config["peft_type"] == {"lora": "LORA", "task_lora": "LORA", "poly": "POLY",
                                    "mhr": "POLY", "mpt": "MULTITASK_PROMPT_TUNING"}[method]
     assert (out / "sentiment" / "adapter_model.safetensors").exists()
-    expected = _polytask_logits(run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
+    expected = polytask_logits(run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
     got = _loader_logits(PEFT_LOADER.format(folder=out / "sentiment"), SENTENCES)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
     assert "PeftModel.from_pretrained" in (out / "sentiment" / "README.md").read_text()

@@ -200,9 +200,9 @@ def _batch_transform(encoder: Any, kinds: dict[str, TaskKind]) -> BatchTransform
     value (`augment_fill`) and flipped channel (`flip_negate_channel`)."""
     if not isinstance(encoder, ImageInputs):
         return None
-    fill = {t: float(getattr(k, "augment_fill", 0)) for t, k in kinds.items()}
+    fill = {t: k.augment_fill for t, k in kinds.items()}
     negate = {t: k.flip_negate_channel for t, k in kinds.items()
-              if getattr(k, "flip_negate_channel", None) is not None}
+              if k.flip_negate_channel is not None}
     return encoder.batch_transform(fill, negate)
 
 

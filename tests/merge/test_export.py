@@ -44,7 +44,7 @@ def text_run(tiny_bert: Path, text_files: dict[str, Path],
     return run
 
 
-def _polytask_logits(run_dir: Path, task: str, rows: pd.DataFrame) -> torch.Tensor:
+def polytask_logits(run_dir: Path, task: str, rows: pd.DataFrame) -> torch.Tensor:
     run = polytask.load(run_dir)
     words = run.kinds[task].level == "token"
     encoded = run.encoder.encode(rows, run.tasks[task].input_columns, words=words)
@@ -68,7 +68,7 @@ def test_hf_export_reloads_with_transformers_alone_to_the_same_logits(
     out = tmp_path / "hf"
     folders = export_run(text_run, out, fmt="hf")
     assert [f.name for f in folders] == ["sentiment", "ner"]
-    sentence_logits = _polytask_logits(text_run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
+    sentence_logits = polytask_logits(text_run, "sentiment", pd.DataFrame({"sentence": SENTENCES}))
     torch.save(sentence_logits, tmp_path / "sentence.pt")
     loader = LOADER.format(folder=out / "sentiment")
     _without_polytask(loader + f"""
@@ -76,7 +76,7 @@ expected = torch.load({str(tmp_path / 'sentence.pt')!r})
 got = logits({SENTENCES!r})
 assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 """)
-    token_logits = _polytask_logits(text_run, "ner", pd.DataFrame({"tokens": WORDS}))
+    token_logits = polytask_logits(text_run, "ner", pd.DataFrame({"tokens": WORDS}))
     torch.save(token_logits, tmp_path / "tokens.pt")
     _without_polytask(TOKEN_LOADER.format(folder=out / "ner") + f"""
 expected = torch.load({str(tmp_path / 'tokens.pt')!r})

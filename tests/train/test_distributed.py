@@ -29,6 +29,18 @@ def _run(args: list[str], env_extra: dict[str, str] | None = None) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+def assert_ranks_match_one_process(ddp: Path, one: Path) -> dict[str, torch.Tensor]:
+    """Both ranks' final parameters (saved by ddp_worker.py) are equal, and equal to one
+    process's on the combined batch; returns rank 0's."""
+    rank0 = load_file(str(ddp / "rank0.safetensors"))
+    rank1 = load_file(str(ddp / "rank1.safetensors"))
+    single = load_file(str(one / "rank0.safetensors"))
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), f"ranks diverged on {name}"
+        assert torch.allclose(tensor, single[name], atol=1e-5, rtol=1e-4), name
+    return rank0
+
+
 @pytest.mark.parametrize("balancer", ["ew", "uw", "pcgrad", "mgda"])
 def test_two_processes_match_one_process_on_the_combined_batch(
         tmp_path: Path, tabular_file: Path, balancer: str) -> None:
@@ -54,12 +66,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(
           str(tmp_path / "ddp")])
     _run([sys.executable, str(WORKER), str(tmp_path / "one.json"), str(tmp_path / "one")])
 
-    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
-    single = load_file(str(tmp_path / "one" / "rank0.safetensors"))
-    for name, tensor in rank0.items():
-        assert torch.equal(tensor, rank1[name]), f"ranks diverged on {name}"
-        assert torch.allclose(tensor, single[name], atol=1e-5, rtol=1e-4), name
+    assert_ranks_match_one_process(tmp_path / "ddp", tmp_path / "one")
     # Only the first process writes the run directory.
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     reference = json.loads((tmp_path / "one" / "results.json").read_text())

@@ -92,6 +92,14 @@ def select_columns(frame: pd.DataFrame, columns: Mapping[str, str], split: str,
     return pd.DataFrame(selected, index=range(len(records)))
 
 
+def check_field_paths(paths: dict[str, str], field: str) -> dict[str, str]:
+    """`paths` ({column: field path}) once every path parses; ValueError naming
+    `field.column` for the first that does not."""
+    for column, path in paths.items():
+        parse_field_path(path, f"{field}.{column}")
+    return paths
+
+
 def template_fields(template: str, where: str) -> list[str]:
     """The `{column}` names a template reads; ValueError naming `where` for anything but
     plain names (a template is data, not code)."""

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polytask.files import plain_name
-from polytask.tasks.fields import parse_field_path, template_fields
+from polytask.tasks.fields import check_field_paths, template_fields
 
 _IN_MEMORY_VALUES = ("DataFrame", "Dataset", "list", "ndarray", "Series")
 
@@ -131,9 +131,7 @@ class DataSpec(BaseModel):
     @field_validator("columns")
     @classmethod
     def _field_paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for column, path in value.items():
-            parse_field_path(path, f"columns.{column}")
-        return value
+        return check_field_paths(value, "columns")
 
     @field_validator("compose")
     @classmethod

@@ -12,7 +12,7 @@ import torch
 from adapters_testlib import text_config
 from safetensors.torch import load_file
 
-from tests.train.test_distributed import WORKER, _run
+from tests.train.test_distributed import WORKER, _run, assert_ranks_match_one_process
 
 
 @pytest.mark.parametrize("balancer", ["ew", "pcgrad"])
@@ -32,14 +32,10 @@ def test_two_processes_match_one_process_with_a_task_routed_adapter(
           str(tmp_path / "ddp")])
     _run([sys.executable, str(WORKER), str(tmp_path / "one.json"), str(tmp_path / "one")])
 
-    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
-    single = load_file(str(tmp_path / "one" / "rank0.safetensors"))
+    rank0 = assert_ranks_match_one_process(tmp_path / "ddp", tmp_path / "one")
     initial = load_file(str(tiny_bert / "model.safetensors"))
     frozen_seen = 0
     for name, tensor in rank0.items():
-        assert torch.equal(tensor, rank1[name]), f"ranks diverged on {name}"
-        assert torch.allclose(tensor, single[name], atol=1e-5, rtol=1e-4), name
         frozen = name.removeprefix("backbone.encoder.").replace(".base_layer", "")
         if frozen in initial:  # a backbone weight: frozen, never communicated or stepped
             assert torch.equal(tensor, initial[frozen]), f"frozen {name} changed"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from polytask.files import plain_name
-from polytask.tasks.fields import parse_field_path, template_fields
+from polytask.tasks.fields import check_field_paths, template_fields
 from polytask.tasks.spec import SPLITS
 
 Split = Literal["train", "validation", "test"]
@@ -88,9 +88,7 @@ class CatalogEntry(BaseModel):
     @field_validator("columns")
     @classmethod
     def _paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for column, path in value.items():
-            parse_field_path(path, f"columns.{column}")
-        return value
+        return check_field_paths(value, "columns")
 
     @model_validator(mode="after")
     def _consistent(self) -> CatalogEntry:

@@ -88,11 +88,6 @@ class DenseKind(TaskKind):
     Options: ClassVar[type[BaseModel]] = DenseOptions
     #: Label channels (0: a map of class ids, H x W).
     channels: ClassVar[int]
-    #: Augmentation (`polytask.models.images.augment_batch`, applied to the image and its
-    #: label maps alike): the label value of padded pixels (one that marks "no label").
-    augment_fill: ClassVar[float] = 0.0
-    #: The label channel whose sign a horizontal flip reverses (None: none).
-    flip_negate_channel: ClassVar[int | None] = None
 
     def build_head(self, input_dim: int) -> nn.Module:
         return conv_head(self.options.head, input_dim, self.num_outputs)

@@ -150,6 +150,11 @@ class TaskKind(ABC):
     #: protocol (`split: {eval_tasks: [...]}`). A kind whose head is the task's own
     #: (classification's Linear) cannot: an untrained head would answer at random.
     serves_unseen_tasks: ClassVar[bool] = False
+    #: Image augmentation (`polytask.models.images.augment_batch`) moves a dense label map
+    #: with its image: the label value of padded pixels (one that marks "no label"), and the
+    #: label channel whose sign a horizontal flip reverses (None: none). Other labels pass.
+    augment_fill: ClassVar[float] = 0.0
+    flip_negate_channel: ClassVar[int | None] = None
     #: The kind's task reads a generative backbone (a causal LM or an encoder-decoder model,
     #: `polytask.models.generative`) and its LM head, not features: text-to-text generation.
     generative: ClassVar[bool] = False
